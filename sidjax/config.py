@@ -1,0 +1,264 @@
+"""Frozen configuration dataclasses, named presets and command-line overrides.
+
+A run is described by one :class:`Config`. Presets are plain functions returning a ``Config``;
+``configs/*.py`` files define ``get_config()`` and may start from a preset. Overrides use dotted keys,
+e.g. ``model.d_model=128`` or ``model.prefixmem.orders=1,2,3``; an unknown key or a value of the wrong
+type fails at once with the list of valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where interactions come from and how histories are cut."""
+
+    source: str = "synthetic"  # "synthetic" or a dataset folder (see sidjax.data.sources)
+    num_items: int = 2000
+    num_users: int = 3000
+    num_top_categories: int = 8
+    num_mid_per_top: int = 4
+    num_fine_per_mid: int = 4
+    content_dim: int = 64
+    min_seq_len: int = 5
+    max_seq_len: int = 50
+    seed: int = 0
+    max_history: int = 12  # items of history fed to the model
+
+
+@dataclasses.dataclass(frozen=True)
+class SIDConfig:
+    """Semantic ID construction: residual k-means levels plus a collision level."""
+
+    levels: int = 3
+    codes: int = 32  # codes per level
+    kmeans_iters: int = 25
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixMemConfig:
+    """PrefixMem: prefix n-gram memory tables keyed by SID prefixes (see sidjax.nn.prefixmem)."""
+
+    enabled: bool = False
+    orders: tuple[int, ...] = (1, 2, 3, 4)  # n-gram orders looked up at each level (n <= level)
+    mem_dim: int = 32  # width of one memory row
+    exact_threshold: int = 65536  # key spaces above this size are hashed
+    hash_heads: int = 2
+    hash_table_size: int = 8192  # approximate rows per hash head (rounded to a prime)
+    gate: bool = True
+    pad_rows_to: int = 8  # flattened table rows are padded to a multiple of this (mesh axis size)
+    codes_per_level: tuple[int, ...] = ()  # filled from the SID table when the model is built
+    d_model: int = 0  # 0: taken from model.d_model
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Decoder-only transformer over SID tokens."""
+
+    d_model: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    head_dim: int = 32
+    mlp_dim: int = 384
+    dropout: float = 0.1
+    rope_base: float = 10000.0
+    prefixmem: PrefixMemConfig = PrefixMemConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, logging and checkpointing."""
+
+    batch_size: int = 64
+    steps: int = 500
+    learning_rate: float = 3e-3
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    log_every: int = 50
+    checkpoint_every: int = 200
+    max_checkpoints: int = 2
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Decoding and metrics."""
+
+    beam_size: int = 20
+    top_k: tuple[int, ...] = (5, 10)
+    batch_size: int = 256
+    split: str = "test"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole run."""
+
+    name: str = "demo"
+    data: DataConfig = DataConfig()
+    sid: SIDConfig = SIDConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def demo() -> Config:
+    """The `sidjax demo` preset: about 2,000 items and 3,000 synthetic users, minutes on 2 cores."""
+    return Config(name="demo")
+
+
+def tiny() -> Config:
+    """A preset small enough for end-to-end tests (well under a minute per model on CPU)."""
+    return Config(
+        name="tiny",
+        data=DataConfig(num_items=400, num_users=800, num_top_categories=4, max_history=12),
+        sid=SIDConfig(levels=3, codes=16, kmeans_iters=15),
+        model=ModelConfig(d_model=64, num_layers=2, num_heads=2, head_dim=32, mlp_dim=192,
+                          dropout=0.0, prefixmem=PrefixMemConfig(mem_dim=16)),
+        train=TrainConfig(batch_size=32, steps=300, learning_rate=3e-3, warmup_steps=30,
+                          log_every=100, checkpoint_every=150),
+        eval=EvalConfig(beam_size=10, batch_size=256),
+    )
+
+
+PRESETS = {"demo": demo, "tiny": tiny}
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading, overriding, serialising
+
+
+class ConfigError(ValueError):
+    """A config file, key or value that cannot be used; the message says how to fix it."""
+
+
+def load_config(spec: str) -> Config:
+    """Returns the config named by ``spec``: a preset name or a path to a ``configs/*.py`` file.
+
+    A config file must define ``get_config() -> sidjax.config.Config``.
+    """
+    if spec in PRESETS:
+        return PRESETS[spec]()
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(
+            f"config {spec!r} is neither a preset ({', '.join(sorted(PRESETS))}) nor a file")
+    module_spec = importlib.util.spec_from_file_location(f"sidjax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path}: defines no get_config(); add `def get_config(): return ...`")
+    cfg = module.get_config()
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, not Config")
+    return cfg
+
+
+def valid_keys(cfg: Any = None, prefix: str = "") -> list[str]:
+    """All dotted keys that :func:`override` accepts, e.g. ``model.d_model``."""
+    cfg = Config() if cfg is None else cfg
+    keys = []
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if dataclasses.is_dataclass(value):
+            keys += valid_keys(value, f"{prefix}{field.name}.")
+        else:
+            keys.append(f"{prefix}{field.name}")
+    return keys
+
+
+def _parse_value(text: str, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (tuple, list):
+        (item_type, *_) = typing.get_args(annotation)
+        parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
+        return tuple(_parse_value(p.strip(), item_type, key) for p in parts)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if text.lower() in ("none", "null"):
+            return None
+        return _parse_value(text, args[0], key)
+    if annotation is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected a bool (true/false), got {text!r}")
+    try:
+        return annotation(text)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{key}: expected {annotation.__name__}, got {text!r}") from err
+
+
+def override(cfg: Any, key: str, text: str, *, _full_key: str | None = None) -> Any:
+    """Returns ``cfg`` with the dotted ``key`` set from the string ``text`` (parsed by field type)."""
+    full_key = _full_key or key
+    head, _, rest = key.partition(".")
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    if head not in fields or (rest == "") == dataclasses.is_dataclass(getattr(cfg, head)):
+        raise ConfigError(
+            f"unknown config key {full_key!r}; valid keys: {', '.join(valid_keys())}")
+    if rest:
+        value = override(getattr(cfg, head), rest, text, _full_key=full_key)
+    else:
+        value = _parse_value(text, typing.get_type_hints(type(cfg))[head], full_key)
+    return dataclasses.replace(cfg, **{head: value})
+
+
+def apply_overrides(cfg: Config, assignments: list[str]) -> Config:
+    """Applies ``key=value`` strings in order (from ``--set``)."""
+    for item in assignments:
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form key=value, e.g. train.steps=100")
+        cfg = override(cfg, key.strip(), text.strip())
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    """A JSON-ready nested dict."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict, cls: type = Config) -> Any:
+    """Inverse of :func:`to_dict`; unknown keys fail with the valid list."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown keys {sorted(unknown)} for {cls.__name__}; valid: {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = from_dict(value, hint)
+        elif typing.get_origin(hint) is tuple:
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    """Writes ``cfg`` as JSON atomically."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_config(path: Path) -> Config:
+    """Reads a config written by :func:`save_config`."""
+    try:
+        return from_dict(json.loads(Path(path).read_text()))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err

@@ -1,0 +1,245 @@
+"""Item content vectors for catalogs without text: collaborative (PPMI + SVD) or user-supplied.
+
+Semantic IDs are learnt from one vector per item. When items have text, those come from
+:func:`sidjax.text.encode_texts`; otherwise :func:`collaborative_item_vectors` derives them from
+which items co-occur in the training histories, and :func:`load_item_vectors` reads vectors the user
+made elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import eigsh
+from scipy.special import logsumexp
+
+# At or below this many items with co-occurrences a dense eigh is exact and fast enough.
+DENSE_EIGH_MAX_ITEMS = 1024
+
+
+def cooccurrence_matrix(
+    train_sequences: Sequence[np.ndarray], num_items: int, window: int | None = 5
+) -> sp.csr_matrix:
+    """Symmetric item co-occurrence counts from user histories.
+
+    Every ordered pair of positions at most ``window`` apart in one user's sequence adds 1 to
+    ``C[a, b]`` and ``C[b, a]``; ``window=None`` counts all pairs in a sequence. The diagonal
+    (an item next to itself) is dropped.
+
+    Args:
+      train_sequences: per-user arrays of 0-based item indices, chronological, TRAINING part only.
+      num_items: catalog size; indices must lie in ``[0, num_items)``.
+      window: largest position gap that counts as co-occurrence, or ``None`` for no limit.
+
+    Returns:
+      float64 CSR ``[num_items, num_items]``.
+    """
+    seqs = [np.asarray(s, dtype=np.int64).ravel() for s in train_sequences]
+    lengths = np.array([len(s) for s in seqs], dtype=np.int64)
+    flat = np.concatenate(seqs) if seqs else np.zeros(0, np.int64)
+    bad = np.flatnonzero((flat < 0) | (flat >= num_items))
+    if bad.size:
+        user = int(np.searchsorted(np.cumsum(lengths), bad[0], side="right"))
+        raise ValueError(
+            f"item index {flat[bad[0]]} in training sequence {user} is outside [0, {num_items}): "
+            "pass 0-based item indices and num_items = catalog size"
+        )
+    if window is not None and window < 1:
+        raise ValueError(f"window={window} must be >= 1 (or None for whole sequences)")
+    owner = np.repeat(np.arange(len(seqs)), lengths)
+    max_gap = int(lengths.max(initial=1)) - 1
+    max_gap = max_gap if window is None else min(window, max_gap)
+    rows, cols = [], []
+    for gap in range(1, max_gap + 1):
+        same_user = owner[:-gap] == owner[gap:]
+        rows.append(flat[:-gap][same_user])
+        cols.append(flat[gap:][same_user])
+    a = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    b = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    keep = a != b
+    a, b = a[keep], b[keep]
+    counts = sp.coo_matrix(
+        (np.ones(2 * a.size), (np.concatenate([a, b]), np.concatenate([b, a]))),
+        shape=(num_items, num_items),
+    ).tocsr()
+    return counts
+
+
+def ppmi_matrix(counts: sp.csr_matrix, alpha: float = 1.0) -> sp.csr_matrix:
+    """Positive pointwise mutual information of a symmetric co-occurrence matrix.
+
+    ``PPMI[i, j] = max(0, log(C[i, j] / T) - log(p(i)) - log(p(j)))`` with ``T`` the total count
+    and ``p(i)`` proportional to ``r[i] ** alpha`` (``r`` the row sums). ``alpha < 1`` is the
+    context distribution smoothing of Levy, Goldberg & Dagan (2015), here applied to both sides
+    so the result stays symmetric; ``alpha = 1`` is plain PPMI.
+    """
+    counts = sp.csr_matrix(counts, dtype=np.float64)
+    row_sum = np.asarray(counts.sum(axis=1)).ravel()
+    total = row_sum.sum()
+    if total == 0:
+        return counts
+    with np.errstate(divide="ignore"):
+        log_p = alpha * np.log(row_sum)
+    log_p -= logsumexp(log_p)
+    coo = counts.tocoo()
+    pmi = np.log(coo.data / total) - log_p[coo.row] - log_p[coo.col]
+    keep = pmi > 0
+    out = sp.coo_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=counts.shape)
+    return out.tocsr()
+
+
+def _top_eigen(matrix: sp.csr_matrix, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` (largest algebraic) eigenpairs of a symmetric matrix, descending, fixed signs."""
+    n = matrix.shape[0]
+    if n <= DENSE_EIGH_MAX_ITEMS:
+        w, v = np.linalg.eigh(matrix.toarray())
+    else:
+        v0 = np.random.default_rng(seed).standard_normal(n)
+        w, v = eigsh(matrix, k=min(k, n - 1), which="LA", v0=v0)
+    order = np.argsort(-w)[:k]
+    w, v = w[order], v[:, order]
+    # Eigenvectors are defined up to sign: make each column's largest entry positive.
+    signs = np.sign(v[np.argmax(np.abs(v), axis=0), np.arange(v.shape[1])])
+    return w, v * np.where(signs == 0, 1.0, signs)
+
+
+def _random_unit_rows(item_idx: np.ndarray, dim: int, seed: int) -> np.ndarray:
+    """One random unit vector per item, depending only on ``(seed, item index)``."""
+    rows = [np.random.default_rng([seed, int(i)]).standard_normal(dim) for i in item_idx]
+    out = np.array(rows, dtype=np.float64).reshape(len(rows), dim)
+    return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def collaborative_item_vectors(
+    train_sequences: Sequence[np.ndarray],
+    num_items: int,
+    dim: int = 64,
+    window: int | None = 5,
+    seed: int = 0,
+    *,
+    alpha: float = 1.0,
+) -> np.ndarray:
+    """Item vectors from co-occurrence in training histories: truncated SVD of the PPMI matrix.
+
+    For catalogs without text. Pass the TRAINING interactions only (each user's history without
+    its validation and test items), or the vectors leak the held-out items.
+
+    The PPMI matrix ``M`` of the items that have co-occurrences is symmetric, so its truncated SVD
+    is computed as the top-``dim`` eigenpairs ``(w, V)``; rows are ``V * sqrt(max(w, 0))``, so
+    ``x_i . x_j`` approximates ``M[i, j]`` and items that co-occur often are close. (Plain
+    ``U * sqrt(S)`` would also keep negative-eigenvalue directions, which push two items that
+    always co-occur apart.) Rows are L2-normalised. Items whose vector vanishes (no positive PMI:
+    never seen in training, or only alone) get a random unit vector that depends only on
+    ``(seed, item index)``: nearly orthogonal to all others, so it carries no false similarity.
+    Deterministic for a given ``seed``.
+
+    Args:
+      train_sequences: per-user arrays of 0-based item indices, chronological.
+      num_items: catalog size.
+      dim: vector size; when fewer items co-occur than ``dim``, the extra columns are zero.
+      window: largest position gap counted as co-occurrence, ``None`` for whole sequences.
+      seed: seed of the ARPACK start vector and of the unseen items' random vectors.
+      alpha: context distribution smoothing exponent of the PPMI (see :func:`ppmi_matrix`).
+
+    Returns:
+      float32 ``[num_items, dim]`` with unit-norm rows.
+    """
+    if dim < 1:
+        raise ValueError(f"dim={dim} must be >= 1")
+    ppmi = ppmi_matrix(cooccurrence_matrix(train_sequences, num_items, window), alpha)
+    active = np.flatnonzero(np.diff(ppmi.indptr) > 0)
+    out = np.zeros((num_items, dim), np.float64)
+    if active.size > 1:
+        w, v = _top_eigen(ppmi[active][:, active], min(dim, active.size), seed)
+        vecs = v * np.sqrt(np.maximum(w, 0.0))
+        out[active, : vecs.shape[1]] = vecs
+    norms = np.linalg.norm(out, axis=1)
+    empty = norms < 1e-12
+    out[~empty] /= norms[~empty, None]
+    out[empty] = _random_unit_rows(np.flatnonzero(empty), dim, seed)
+    return out.astype(np.float32)
+
+
+def _format_ids(ids: Sequence, limit: int = 5) -> str:
+    shown = ", ".join(repr(i) for i in ids[:limit])
+    return shown + (", ..." if len(ids) > limit else "")
+
+
+def load_item_vectors(path: str | Path, item_ids: Sequence) -> np.ndarray:
+    """Read user-supplied item vectors and put them in catalog order.
+
+    Two layouts are accepted:
+
+    * ``.npy``: a float array ``[len(item_ids), d]`` whose row ``i`` belongs to ``item_ids[i]``;
+    * ``.npz``: arrays ``ids`` ``[n]`` and ``vectors`` ``[n, d]``, matched to ``item_ids`` by id
+      (compared as strings, so ``42`` matches ``"42"``); ids not in the catalog are ignored.
+
+    Args:
+      path: the ``.npy`` or ``.npz`` file.
+      item_ids: the catalog's external item ids, in item-index order.
+
+    Returns:
+      float32 ``[len(item_ids), d]``, as stored (not normalised).
+
+    Raises:
+      FileNotFoundError, ValueError: with a message that names the problem (wrong shape, NaN/inf
+        with the first bad item id and row, missing or duplicate ids) and how to fix it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"item vector file {path} does not exist")
+    item_keys = [str(i) for i in item_ids]
+    if path.suffix == ".npy":
+        vectors = np.load(path, allow_pickle=False)
+        if vectors.ndim != 2 or vectors.shape[0] != len(item_keys):
+            raise ValueError(
+                f"{path} has shape {vectors.shape}, expected [{len(item_keys)}, d]: one row per "
+                "catalog item in item order; save an .npz with 'ids' and 'vectors' to match by id"
+            )
+        file_rows = np.arange(len(item_keys))
+    elif path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            if "ids" not in data or "vectors" not in data:
+                raise ValueError(
+                    f"{path} holds arrays {sorted(data.files)}, expected 'ids' [n] and "
+                    "'vectors' [n, d]: save with np.savez(path, ids=ids, vectors=vectors)"
+                )
+            ids, vectors = data["ids"], data["vectors"]
+        if ids.ndim != 1 or vectors.ndim != 2 or vectors.shape[0] != ids.shape[0]:
+            raise ValueError(
+                f"{path}: 'ids' has shape {ids.shape} and 'vectors' {vectors.shape}, expected "
+                "[n] and [n, d] with one vector per id"
+            )
+        row_of: dict[str, int] = {}
+        for row, key in enumerate(str(i) for i in ids.tolist()):
+            if key in row_of:
+                raise ValueError(
+                    f"{path}: item id {key!r} appears twice in 'ids' (rows {row_of[key]} and "
+                    f"{row}); keep one vector per item"
+                )
+            row_of[key] = row
+        missing = [k for k in item_keys if k not in row_of]
+        if missing:
+            raise ValueError(
+                f"{path}: {len(missing)} of {len(item_keys)} catalog items have no vector "
+                f"(first: {_format_ids(missing)}); add them to 'ids'/'vectors', or use "
+                "collaborative_item_vectors for a catalog without content"
+            )
+        file_rows = np.array([row_of[k] for k in item_keys], dtype=np.int64)
+        vectors = vectors[file_rows]
+    else:
+        raise ValueError(f"{path}: unsupported suffix {path.suffix!r}, use .npy or .npz")
+    if vectors.shape[1] == 0 or not np.issubdtype(vectors.dtype, np.number):
+        raise ValueError(f"{path}: vectors must be numeric with d >= 1, got {vectors.dtype}")
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        first = int(np.argmin(finite))
+        raise ValueError(
+            f"{path}: the vector of item id {item_keys[first]!r} (row {file_rows[first]} of the "
+            f"file) contains NaN or inf ({int((~finite).sum())} bad rows in all); recompute or "
+            "replace those rows before loading"
+        )
+    return vectors.astype(np.float32)

@@ -1,0 +1,27 @@
+"""Test setup: 8 host CPU devices so sharding tests run on one machine, and the shared data path."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_dataset(name: str) -> Path:
+    """Path of a real dataset under ``../shared/data`` (or ``$SIDJAX_DATA_DIR``).
+
+    Skips the test when the folder is missing, except under CI (``CI=true``), where a missing
+    dataset is a failure.
+    """
+    root = Path(os.environ.get("SIDJAX_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+    path = root / name
+    if not path.is_dir():
+        msg = f"dataset folder {path} not found (set SIDJAX_DATA_DIR or place ../shared/data)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path

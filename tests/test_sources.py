@@ -1,0 +1,292 @@
+"""Dataset readers: exact counts on the shared real data, and small written files for the rest."""
+
+import functools
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+from conftest import shared_dataset
+
+from sidjax.data.sources import (
+    detect_format,
+    join_text,
+    kcore,
+    load_dataset,
+    read_lcrec,
+    read_movielens,
+    read_p5,
+    read_table,
+)
+from sidjax.data.types import InteractionData
+
+
+@functools.cache
+def _real(name: str) -> InteractionData:
+    return load_dataset(shared_dataset(name))
+
+
+def _write(root, files: dict[str, str | bytes]) -> None:
+    for name, content in files.items():
+        path = root / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+
+
+def _seqs(data: InteractionData) -> dict[str, list[str]]:
+    return {
+        u: [data.item_ids[i] for i in s] for u, s in zip(data.user_ids, data.sequences, strict=True)
+    }
+
+
+@pytest.mark.parametrize(
+    "name, fmt, counts, file, sha256",
+    [
+        ("movielens-100k", "movielens-100k", (943, 1682, 100_000), "u.data",
+         "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490"),
+        ("amazon-scientific-2018", "lcrec", (8317, 4344, 58_492), "Scientific.inter.json",
+         "32c6c01876ebecebdfabd2dbd358594be36655e9e7b168772a7a3aa3624ee1b4"),
+        ("amazon-sports-2014", "p5", (35_598, 18_357, 296_337), "sequential_data.txt",
+         "2a095e0648872beb9982408958290f5d655db5be2911c3756b5446de9f0b8de2"),
+    ],
+)  # fmt: skip
+def test_real_dataset_counts(name, fmt, counts, file, sha256):
+    data = _real(name)
+    expected = dict(zip(("users", "items", "interactions"), counts, strict=True))
+    assert data.counts() == expected
+    assert data.name == name
+    assert data.provenance["format"] == fmt
+    assert data.provenance["counts"] == expected
+    assert data.provenance["files"][file]["sha256"] == sha256
+    assert all(s.dtype == np.int32 and s.min() >= 0 for s in data.sequences)
+    assert max(int(s.max()) for s in data.sequences) < data.num_items
+
+
+def test_movielens_100k_chronological_with_stable_ties():
+    data = _real("movielens-100k")
+    rows = [
+        line.split("\t")
+        for line in (shared_dataset("movielens-100k") / "u.data").read_text().splitlines()
+    ]
+    expected: dict[str, list[str]] = {}
+    for user, item, _, _ in sorted(rows, key=lambda r: int(r[3])):
+        expected.setdefault(user, []).append(item)
+    assert _seqs(data) == expected
+    assert expected["1"][:5] == ["168", "172", "165", "156", "196"]
+    assert data.item_ids == [str(i) for i in range(1, 1683)]
+    assert data.user_ids == [str(u) for u in range(1, 944)]
+
+
+@pytest.mark.parametrize(
+    "item_id, title, genres",
+    [
+        ("1", "Toy Story (1995)", "Animation|Children's|Comedy"),
+        ("543", "Misérables, Les (1995)", "Drama|Musical"),
+        ("1633", "Á köldum klaka (Cold Fever) (1994)", "Comedy|Drama"),
+        ("267", "unknown", "unknown"),
+    ],
+)
+def test_movielens_100k_latin1_titles_and_genres(item_id, title, genres):
+    data = _real("movielens-100k")
+    i = data.item_ids.index(item_id)
+    assert data.item_fields["title"][i] == title
+    assert data.item_fields["genres"][i] == genres
+    assert data.item_text[i] == f"{title}. Genres: {genres.replace('|', ', ')}."
+    assert data.provenance["encoding"]["u.item"] == "latin-1"
+
+
+def test_p5_sports_known_users():
+    data = _real("amazon-sports-2014")
+    assert data.user_ids[:2] == ["AIXZKN4ACSKI", "A1L5P841VIO02V"]
+    assert data.item_ids[:3] == ["1881509818", "B0048KGFHU", "B0081JJVUC"]
+    np.testing.assert_array_equal(data.sequences[0], np.arange(8))
+    np.testing.assert_array_equal(data.sequences[1][:10], [8, 9, 10, 11, 12, 13, 14, 15, 0, 16])
+    assert data.item_text is None
+
+
+def test_lcrec_scientific_sequences_and_text():
+    data = _real("amazon-scientific-2018")
+    np.testing.assert_array_equal(data.sequences[0], np.arange(9))
+    np.testing.assert_array_equal(data.sequences[1], [9, 10, 11, 12, 6])
+    assert data.item_fields["title"][0].startswith("SUPCO SPP6 Relay/Capacitor")
+    assert data.item_text[1].startswith("Stanley TRA708T")
+    assert "Brand: Stanley. Categories: Industrial & Scientific, Fasteners," in data.item_text[1]
+    assert not any(re.search(r"&\w+;|</?\w+>", t) for t in data.item_text)
+    assert "&amp;" in data.item_fields["categories"][1161]
+    again = kcore(data)
+    assert again.counts() == data.counts()
+    assert again.provenance["filters"][-1]["rounds"] == 0
+
+
+@pytest.mark.parametrize("encoding", ["latin-1", "utf-8"])
+def test_movielens_dat_format(tmp_path, encoding):
+    _write(tmp_path, {
+        "ratings.dat": "2::10::5::300\n1::2::4::200\n1::10::3::100\n1::3::3::200\n2::2::1::50\n",
+        "movies.dat": "2::Café Society (1995)::Comedy|Drama\n3::Old::(no genres listed)\n"
+                      "10::Ten (2000)::Action\n99::Unrated::Drama\n".encode(encoding),
+    })  # fmt: skip
+    data = load_dataset(tmp_path)
+    assert data.provenance["format"] == "movielens-dat"
+    assert data.provenance["encoding"] == {"movies.dat": encoding}
+    assert data.item_ids == ["2", "3", "10"]
+    assert data.provenance["catalog_items"] == 4
+    assert _seqs(data) == {"1": ["10", "2", "3"], "2": ["2", "10"]}
+    assert data.item_text == [
+        "Café Society (1995). Genres: Comedy, Drama.",
+        "Old.",
+        "Ten (2000). Genres: Action.",
+    ]
+
+
+@pytest.mark.parametrize(
+    "filename, sep, times",
+    [
+        ("inter.csv", ",", ["2020-01-02", "2020-01-01T10:00", "2020-01-02", "2020-01-01"]),
+        ("inter.tsv", "\t", ["2", "1", "2", "0.5"]),
+        ("inter.txt", ";", ["2", "1", "2", "0.5"]),
+    ],
+)
+def test_read_table_sorts_by_time_with_stable_ties(tmp_path, filename, sep, times):
+    rows = [("u1", "b"), ("u2", "a"), ("u1", "a"), ("u1", "c")]
+    lines = [sep.join(["user", "item", "time"])]
+    lines += [sep.join([u, i, t]) for (u, i), t in zip(rows, times, strict=True)]
+    _write(tmp_path, {
+        filename: "\n".join(lines) + "\n",
+        "items.csv": 'id,title,brand\na,"Apple, red",<b>Acme</b>\nc,Cherry,\nz,Unused,Z\n',
+    })  # fmt: skip
+    data = read_table(tmp_path / filename, user_col="user", item_col="item", time_col="time",
+                      items_path=tmp_path / "items.csv", item_id_col="id",
+                      text_cols=("title", "brand"))  # fmt: skip
+    assert data.name == "inter"
+    assert data.user_ids == ["u1", "u2"]
+    assert data.item_ids == ["b", "a", "c"]
+    assert _seqs(data) == {"u1": ["c", "b", "a"], "u2": ["a"]}
+    assert data.item_fields == {
+        "title": ["", "Apple, red", "Cherry"],
+        "brand": ["", "<b>Acme</b>", ""],
+    }
+    assert data.item_text == ["", "Apple, red. Acme.", "Cherry."]
+    assert data.provenance["items_without_metadata"] == 1
+
+
+def test_read_table_parquet_needs_pyarrow(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    (tmp_path / "inter.parquet").write_bytes(b"PAR1")
+    with pytest.raises(ImportError, match="pip install pyarrow"):
+        read_table(tmp_path / "inter.parquet", user_col="u", item_col="i", time_col="t")
+
+
+def _toy(sequences: list[list[int]], num_items: int) -> InteractionData:
+    return InteractionData(
+        "toy",
+        [np.asarray(s, dtype=np.int32) for s in sequences],
+        [f"u{k}" for k in range(len(sequences))],
+        [f"i{k}" for k in range(num_items)],
+        item_text=[f"text {k}" for k in range(num_items)],
+        item_vectors=np.arange(num_items, dtype=np.float32)[:, None],
+    )
+
+
+def test_kcore_cascades_over_several_rounds():
+    a, b, c, d = range(4)
+    data = _toy([[a, b], [b, c], [c, d], [d, c]], 4)
+    out = kcore(data, user_min=2, item_min=2)
+    assert out.user_ids == ["u2", "u3"]
+    assert out.item_ids == ["i2", "i3"]
+    assert out.item_text == ["text 2", "text 3"]
+    np.testing.assert_array_equal(out.item_vectors[:, 0], [2, 3])
+    assert [s.tolist() for s in out.sequences] == [[0, 1], [1, 0]]
+    (record,) = out.provenance["filters"]
+    assert record["rounds"] == 4
+    assert record["before"] == {"users": 4, "items": 4, "interactions": 8}
+    assert (
+        record["after"] == out.provenance["counts"] == {"users": 2, "items": 2, "interactions": 4}
+    )
+
+
+@pytest.mark.parametrize("user_min, item_min", [(2, 2), (3, 5), (5, 3)])
+def test_kcore_reaches_fixed_point(user_min, item_min):
+    rng = np.random.default_rng(user_min * 10 + item_min)
+    data = _toy([rng.integers(0, 60, rng.integers(1, 12)).tolist() for _ in range(150)], 60)
+    out = kcore(data, user_min, item_min)
+    assert out.num_users > 0
+    assert min(len(s) for s in out.sequences) >= user_min
+    assert np.bincount(np.concatenate(out.sequences)).min() >= item_min
+    assert out.provenance["filters"][0]["rounds"] >= 1
+    again = kcore(out, user_min, item_min)
+    assert again.provenance["filters"][-1]["rounds"] == 0
+    assert len(again.provenance["filters"]) == 2
+    assert [s.tolist() for s in again.sequences] == [s.tolist() for s in out.sequences]
+
+
+U_ITEM = "1|Toy (1995)|01-Jan-1995||url|" + "|".join("0" * 19) + "\n"
+ERROR_CASES = [
+    ({"u.data": "1\t1\t5\t10\n1\t2\t5\n"}, r"u\.data:2: expected 4 TAB-separated fields, got 3"),
+    ({"u.data": "1\t1\t5\tx\n"}, r"u\.data:1: expected an integer timestamp, got 'x'"),
+    ({"u.data": "1\t1\t5\t10\n", "u.item": U_ITEM + "2|Short|x\n"},
+     r"u\.item:2: expected 24 '\|'-separated fields, got 3"),
+    ({"ratings.dat": "1::1::5::10\n\n1::2::5\n"}, r"ratings\.dat:3: expected 4 '::'-separated"),
+    ({"ratings.dat": "1::1::5::10\n", "movies.dat": "1::Title\n"}, r"movies\.dat:1: expected 3"),
+    ({"sequential_data.txt": "1 1 2\n2 3\n3\n"}, r"sequential_data\.txt:3: expected '<user>"),
+    ({"sequential_data.txt": "1 1 2\n1 3\n"}, r"sequential_data\.txt:2: expected each user once"),
+    ({"x.inter.json": '{"0": [0, 1],\n "1": [2,]}'}, r"x\.inter\.json:2: expected valid JSON"),
+    ({"x.inter.json": '{"0": [0, "a"]}'}, r"x\.inter\.json: user '0': expected a list of integer"),
+    ({"inter.csv": "user,item,time\nu,a,1\nu,b\n"}, r"inter\.csv:3: expected 3 ','-separated"),
+    ({"inter.csv": "user,item,time\nu,a,yesterday\n"}, r"inter\.csv:2: expected a number or ISO"),
+    ({"inter.csv": "user,item,ts\nu,a,1\n"}, r"inter\.csv:1: missing column\(s\) \['time'\]"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("files, match", ERROR_CASES)
+def test_malformed_input_names_file_and_line(tmp_path, files, match):
+    _write(tmp_path, files)
+    kw = (
+        {"user_col": "user", "item_col": "item", "time_col": "time"} if "inter.csv" in files else {}
+    )
+    path = tmp_path / "inter.csv" if kw else tmp_path
+    with pytest.raises(ValueError, match=match):
+        load_dataset(path, **kw)
+
+
+def test_missing_files_name_the_path(tmp_path):
+    _write(tmp_path, {"u.data": "1\t1\t5\t10\n"})
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "u.item"))):
+        read_movielens(tmp_path)
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nope"))):
+        load_dataset(tmp_path / "nope")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=re.escape(str(empty)) + r".*u\.data.*\*\.inter\.json"):
+        load_dataset(empty)
+
+
+def test_p5_without_datamaps_and_lcrec_by_file(tmp_path):
+    _write(tmp_path, {
+        "Sports.txt": "1 2 3 2\n2 1 3\n",
+        "Toy.inter.json": '{"1": [1], "0": [0, 1]}',
+        "Toy.item.json": json.dumps({"0": {"title": "A &amp; B"},
+                                     "1": {"title": "C", "brand": "D"}}),
+    })  # fmt: skip
+    p5 = read_p5(tmp_path / "Sports.txt")
+    assert (p5.user_ids, p5.item_ids) == (["1", "2"], ["1", "2", "3"])
+    assert [s.tolist() for s in p5.sequences] == [[1, 2, 1], [0, 2]]
+    assert detect_format(tmp_path / "Toy.inter.json") == "lcrec"
+    lc = load_dataset(tmp_path / "Toy.inter.json")
+    assert lc.user_ids == ["0", "1"]
+    assert lc.item_text == ["A & B.", "C. Brand: D."]
+    assert read_lcrec(tmp_path).provenance["prefix"] == "Toy"
+
+
+def test_join_text_skips_empty_and_cleans():
+    parts = [
+        ("", "Title."),
+        ("Brand", "  "),
+        ("Categories", "a &gt; b"),
+        ("", "<p>Body\n text</p>"),
+    ]
+    assert join_text(parts) == "Title. Categories: a > b. Body text."
+    assert join_text([("", "")]) == ""
