@@ -19,6 +19,11 @@ commands:
   train     train one model (PrefixMem on or off by model.prefixmem.enabled) in --workdir;
             resumes from the latest checkpoint there
   eval      evaluate the latest checkpoint of --workdir; writes eval.json and prints a table
+  prepare   read a dataset (MovieLens, Amazon P5, LC-Rec JSON, CSV/TSV table), split it and write
+            a prepared folder (item table, content vectors, ArrayRecord sequences) usable as
+            data.source
+  pretrain-mem  pre-train PrefixMem alone (next code, content alignment, co-engagement)
+  sids      build Semantic IDs for a dataset (residual k-means or RQ-VAE) and inspect them
 """
 
 
@@ -74,6 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, None)
     p.add_argument("--workdir", required=True)
     p.add_argument("--quiet", action="store_true")
+    from sidjax.data.prepare import add_prepare_parser
+
+    add_prepare_parser(sub)
+    from sidjax.nn.pretrain import add_pretrain_parser
+
+    add_pretrain_parser(sub)
+    from sidjax.sid.commands import add_sids_parser
+
+    add_sids_parser(sub)
     p = sub.add_parser("eval", help="evaluate the latest checkpoint in --workdir")
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", choices=("valid", "test"), default="test")
@@ -84,7 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sidjax` console script."""
     args = build_parser().parse_args(argv)
+    if args.command == "prepare":
+        from sidjax.data.prepare import run_prepare
+
+        return run_prepare(args)
+    if args.command == "pretrain-mem":
+        from sidjax.nn.pretrain import run_pretrain
+
+        return run_pretrain(args)
+    if args.command == "sids":
+        from sidjax.sid.commands import run_sids
+
+        return run_sids(args)
     from sidjax import experiment
+    from sidjax.train.signals import Preempted
 
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     progress = _progress_factory(args.quiet)
@@ -96,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             print(experiment.results_table(results, cfg.eval.top_k))
             print(f"\nrun folder: {args.workdir} (report.md, results.json)")
         elif args.command == "train":
+            from sidjax.train.distributed import maybe_initialize
+
+            maybe_initialize()
             cfg = _config(args)
             prep = experiment.prepare(cfg, Path(args.workdir), log)
             bar = progress(f"train {cfg.name}", cfg.train.steps) if progress else None
@@ -110,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
             experiment._write_json(workdir / "eval.json", result)
             print(experiment.results_table({cfg.name: result}, cfg.eval.top_k))
             print(json.dumps({k: v for k, v in result.items() if k != "level_accuracy"}))
+    except Preempted as stop:
+        print(f"sidjax {args.command}: {stop}; run the same command again to resume",
+              file=sys.stderr)
+        return 0
     except (config_lib.ConfigError, ValueError, FileNotFoundError) as err:
         print(f"sidjax {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -58,6 +58,9 @@ class PrefixMemConfig:
     pad_rows_to: int = 8  # flattened table rows are padded to a multiple of this (mesh axis size)
     codes_per_level: tuple[int, ...] = ()  # filled from the SID table when the model is built
     d_model: int = 0  # 0: taken from model.d_model
+    fusion: str = "concat"  # "concat": project the concatenated rows; "sum": project their sum
+    inject_layers: tuple[int, ...] = ()  # () = add at the input embeddings; else before these blocks
+    param_dtype: str = "float32"  # dtype of the memory table (projections stay float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +91,15 @@ class TrainConfig:
     checkpoint_every: int = 200
     max_checkpoints: int = 2
     seed: int = 0
+    # mesh axis sizes (one may be -1: all remaining devices); 1,1,1 = one device, no sharding
+    mesh_data: int = 1
+    mesh_fsdp: int = 1
+    mesh_model: int = 1
+    schedule: str = "cosine"  # "cosine" (warmup + cosine decay) or "rsqrt" (warmup + 1/sqrt(step))
+    prefixmem_lr_mult: float = 1.0  # learning-rate multiplier of the PrefixMem tables (no decay)
+    grad_accum: int = 1  # micro-batches per step (batch_size must be a multiple)
+    compute_dtype: str = "float32"  # "bfloat16": bf16 forward/backward, float32 master weights
+    peak_flops: float = 0.0  # FLOP/s of the whole mesh for the logged MFU (0: not logged)
 
 
 @dataclasses.dataclass(frozen=True)

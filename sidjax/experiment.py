@@ -90,6 +90,8 @@ def prepare(cfg: Config, workdir: Path | None = None, log: Log = print) -> Prepa
     data = load_data(cfg)
     split = leave_one_out(data.sequences)
     sid_path = None if workdir is None else Path(workdir) / "sids.npz"
+    if sid_path is not None:
+        sid_path.parent.mkdir(parents=True, exist_ok=True)
     if sid_path is not None and sid_path.exists():
         sids = load_sid_table(sid_path)
         if sids.item_ids != tuple(data.item_ids):
@@ -145,7 +147,8 @@ def train_model(prep: Prepared, workdir: Path, log: Log = print, progress=None) 
                             max_history=cfg.data.max_history, batch_size=cfg.train.batch_size,
                             seed=cfg.train.seed)
     return train(model, dataset, prep.vocab, cfg.train, workdir,
-                 config_hash=run_hash(cfg, prep.sids), progress=progress)
+                 config_hash=run_hash(cfg, prep.sids), progress=progress,
+                 log=log if progress is None else None)
 
 
 def load_model(prep: Prepared, workdir: Path) -> nnx.Module:
@@ -225,7 +228,8 @@ def variant(cfg: Config, prefixmem: bool) -> Config:
 def jax_backend() -> str:
     """A short description of the devices in use, for reports."""
     devices = jax.devices()
-    return f"{len(devices)} x {devices[0].device_kind} ({jax.default_backend()})"
+    return (f"{len(devices)} x {devices[0].device_kind} ({jax.default_backend()}), "
+            f"{os.cpu_count()} host CPU cores")
 
 
 def write_report(workdir: Path, cfg: Config, results: dict[str, dict], extra: dict) -> Path:

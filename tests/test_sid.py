@@ -103,3 +103,27 @@ def test_trie_matches_numpy_reference(seed):
 def test_trie_rejects_duplicates():
     with pytest.raises(ValueError, match="unique"):
         build_trie(np.array([[0, 1], [0, 1]]))
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_trie_masks_match_brute_force_on_random_prefixes(seed):
+    import jax
+
+    from sidjax.sid.trie import child_mask, node_of
+
+    rng = np.random.default_rng(seed)
+    k = 5
+    codes = add_collision_level(rng.integers(0, k, size=(120, 3)))
+    trie = build_trie(codes)
+    width = max(k, int(codes[:, -1].max()) + 1)
+    masked = jax.jit(child_mask, static_argnums=2)
+    for depth in range(trie.depth):
+        prefixes = rng.integers(0, k, size=(40, depth))
+        prefixes[:20] = codes[rng.integers(0, len(codes), 20), :depth]  # half valid, half random
+        nodes = np.array([node_of(trie, p) for p in prefixes])
+        got = np.asarray(masked(trie.child_codes[depth], nodes, width))
+        for p, row in zip(prefixes, got):
+            match = np.all(codes[:, :depth] == p, axis=1)
+            want = np.zeros(width, bool)
+            want[codes[match, depth]] = True
+            assert np.array_equal(row, want), (depth, p)

@@ -1,7 +1,16 @@
-"""Training: the loss goes down, resumption is exact, and checkpoints refuse another config."""
+"""Training: the loss goes down, a run survives SIGKILL, SIGTERM and a damaged checkpoint with a
+bitwise-exact resume, and checkpoints refuse another config."""
 
 import dataclasses
 import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -11,6 +20,7 @@ from flax import nnx
 from sidjax import config as C
 from sidjax import experiment as E
 from sidjax.train.loop import decay_mask, sid_loss
+from sidjax.train.signals import Preempted
 
 
 def _cfg(steps=40, **train):
@@ -18,7 +28,7 @@ def _cfg(steps=40, **train):
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_items=150, num_users=200),
                               model=dataclasses.replace(cfg.model, num_layers=1, dropout=0.1))
     return dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, steps=steps, log_every=10, checkpoint_every=20, batch_size=16, **train))
+        cfg.train, steps=steps, log_every=1, checkpoint_every=20, batch_size=16, **train))
 
 
 @pytest.fixture(scope="module")
@@ -26,45 +36,78 @@ def prep():
     return E.prepare(_cfg(), None, log=lambda _: None)
 
 
+@pytest.fixture(scope="module")
+def straight(prep, tmp_path_factory):
+    """Run A: 40 uninterrupted steps."""
+    workdir = tmp_path_factory.mktemp("straight")
+    return E.train_model(prep, workdir, log=lambda _: None), workdir
+
+
 def _params(model):
     return jax.tree.leaves(nnx.state(model, nnx.Param))
 
 
-def test_loss_decreases_and_metrics_are_logged(prep, tmp_path):
-    E.train_model(prep, tmp_path, log=lambda _: None)
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [10, 20, 30, 40]
-    assert rows[-1]["loss"] < rows[0]["loss"]
-    assert {"acc_l1", "acc_l4", "grad_norm", "examples_per_s"} <= set(rows[0])
-    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
-                  if p.name.isdigit()) == [20, 40]
+def _losses(workdir: Path) -> dict:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
 
 
-def test_resume_reproduces_an_uninterrupted_run(prep, tmp_path):
-    straight = E.train_model(prep, tmp_path / "a", log=lambda _: None)
+def _steps(workdir: Path) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
 
-    class Stop(Exception):
-        pass
 
-    def interrupt(step, _metrics):
-        if step == 25:
-            raise Stop
+def test_loss_decreases_and_metrics_are_logged(straight):
+    _, workdir = straight
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    assert np.mean([r["loss"] for r in rows[-5:]]) < np.mean([r["loss"] for r in rows[:5]])
+    assert {"acc_l1", "acc_l4", "grad_norm", "examples_per_s", "learning_rate", "tokens_per_s",
+            "step_time_s"} <= set(rows[0])
+    assert _steps(workdir) == [20, 40]
 
-    with pytest.raises(Stop):
-        E.train_model(prep, tmp_path / "b", log=lambda _: None, progress=interrupt)
-    resumed = E.train_model(prep, tmp_path / "b", log=lambda _: None)  # restarts from step 20
-    for a, b in zip(_params(straight), _params(resumed)):
+
+def test_sigkill_sigterm_and_damaged_checkpoint_resume_exactly(prep, straight, tmp_path):
+    model_a, dir_a = straight
+    # Run B, part 1: a subprocess SIGKILLs itself at a random step after the save at step 20
+    kill_at = random.Random(os.getpid()).randint(21, 29)
+    env = dict(os.environ, JAX_PLATFORMS="cpu")  # same XLA flags (8 host devices) as here
+    proc = subprocess.run([sys.executable, __file__, str(tmp_path), str(kill_at)], env=env,
+                          cwd=Path(__file__).parent, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert max(_losses(tmp_path)) == kill_at - 1  # killed before logging step kill_at
+    # part 2: resume from step 20; SIGTERM at step 33 saves there and exits cleanly
+    def sigterm(step, _metrics):
+        if step == 33:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Preempted) as exc:
+        E.train_model(prep, tmp_path, log=lambda _: None, progress=sigterm)
+    assert exc.value.step == 33 and exc.value.code == 0 and _steps(tmp_path) == [20, 33]
+    # part 3: the latest checkpoint (33) is truncated; resume falls back to 20 and says so
+    for f in (tmp_path / "checkpoints" / "33" / "params").rglob("*"):
+        if f.is_file() and f.stat().st_size > 0:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    messages = []
+    resumed = E.train_model(prep, tmp_path, log=messages.append)
+    out = "\n".join(messages)
+    assert "checkpoints/33 is damaged and was skipped" in out and "falling back to step 20" in out
+    for a, b in zip(_params(model_a), _params(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    loaded = E.load_model(prep, tmp_path / "b")
+    losses_a, lines_b = _losses(dir_a), (tmp_path / "metrics.jsonl").read_text().splitlines()
+    logged = [json.loads(line)["step"] for line in lines_b]
+    assert logged == list(range(1, kill_at)) + list(range(21, 34)) + list(range(21, 41))
+    for line in lines_b:  # every logged loss of B (before and after each resume) equals A's
+        row = json.loads(line)
+        assert row["loss"] == losses_a[row["step"]], row["step"]
+    loaded = E.load_model(prep, tmp_path)
     for a, b in zip(_params(resumed), _params(loaded)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_workdir_refuses_a_different_model_config(prep, tmp_path):
-    E.train_model(prep, tmp_path, log=lambda _: None)
+def test_workdir_refuses_a_different_model_config(prep, straight):
     other = dataclasses.replace(prep, cfg=C.apply_overrides(prep.cfg, ["model.d_model=32"]))
     with pytest.raises(ValueError, match="different data/SID/model config"):
-        E.train_model(other, tmp_path, log=lambda _: None)
+        E.train_model(other, straight[1], log=lambda _: None)
 
 
 def test_sid_loss_is_restricted_to_the_target_level(prep):
@@ -80,3 +123,23 @@ def test_sid_loss_is_restricted_to_the_target_level(prep):
 def test_weight_decay_mask_skips_norms_and_the_memory_table():
     params = {"w": np.zeros((2, 2)), "scale": np.zeros(2), "prefixmem": {"table": np.zeros((4, 2))}}
     assert decay_mask(params) == {"w": True, "scale": False, "prefixmem": {"table": False}}
+
+
+def _train_until_sigkill(workdir: str, kill_at: int) -> None:
+    """Run B's first part (in a subprocess): train, SIGKILL this process after step ``kill_at``."""
+    def kill(step, _metrics):
+        if step == kill_at:
+            saved = Path(workdir) / "checkpoints" / "20"
+            for _ in range(600):  # the async save of step 20 must have committed
+                if saved.is_dir():
+                    break
+                time.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    prepared = E.prepare(_cfg(), None, log=lambda _: None)
+    E.train_model(prepared, Path(workdir), log=lambda _: None, progress=kill)
+
+
+if __name__ == "__main__":
+    _train_until_sigkill(sys.argv[1], int(sys.argv[2]))
+    shutil.rmtree(sys.argv[1])  # not reached: the process is killed first

@@ -4,6 +4,12 @@ A history of items becomes ``BOS, s(1)_1..s(1)_L, s(2)_1..s(2)_L, ...``: L token
 level, left-padded with PAD to a fixed length. Every position also carries its raw SID code and its
 level (0 for BOS and PAD), which is what PrefixMem keys on. Training batches are indexed by step
 (``dataset[step]``), so resuming at a step reproduces the exact same batches.
+
+:func:`train_dataset` streams from a list of sequences or a random-access source such as the
+ArrayRecord file of a prepared folder (:func:`sidjax.data.prepare.train_source`); it shards the
+example stream across processes and can pack several users into one row (``segment_ids`` and
+``positions``; see its docstring for the model-side contract). :func:`train_iterator` wraps it in a
+thread-prefetched grain iterator whose state is checkpointable.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 import grain
+import jax
 import numpy as np
 
 PAD, BOS = 0, 1
@@ -73,6 +80,13 @@ def encode_items(items: np.ndarray, sid_codes: np.ndarray, vocab: SIDVocab,
     return out
 
 
+def _window(sequence: np.ndarray, max_history: int, rng: np.random.Generator) -> np.ndarray:
+    """The at most ``max_history`` items ending at a random end (the last item if it fits)."""
+    end = len(sequence) if len(sequence) <= max_history else int(
+        rng.integers(max_history, len(sequence) + 1))
+    return np.asarray(sequence)[max(0, end - max_history):end]
+
+
 def training_example(sequence: np.ndarray, sid_codes: np.ndarray, vocab: SIDVocab,
                      max_history: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """One next-token example: a window of at most ``max_history`` items ending at a random item.
@@ -80,34 +94,122 @@ def training_example(sequence: np.ndarray, sid_codes: np.ndarray, vocab: SIDVoca
     Returns ``tokens/codes/levels`` (inputs) and ``targets`` (next token; PAD where there is none),
     each of length ``max_history * L``.
     """
-    sequence = np.asarray(sequence)
-    end = len(sequence) if len(sequence) <= max_history else int(
-        rng.integers(max_history, len(sequence) + 1))
-    full = encode_items(sequence[max(0, end - max_history):end], sid_codes, vocab,
+    full = encode_items(_window(sequence, max_history, rng), sid_codes, vocab,
                         sequence_length(max_history, vocab.num_levels))
     example = {k: v[:-1] for k, v in full.items()}
     example["targets"] = full["tokens"][1:]
     return example
 
 
-def train_dataset(train_sequences: list[np.ndarray], sid_codes: np.ndarray, vocab: SIDVocab, *,
-                  max_history: int, batch_size: int, seed: int) -> grain.MapDataset:
+def decode_int32(record: bytes) -> np.ndarray:
+    """An ArrayRecord record of little-endian int32 item indices (``sidjax prepare``) as an array."""
+    return np.frombuffer(record, dtype="<i4").astype(np.int32)
+
+
+def _shard(shard_index: int | None, shard_count: int | None) -> tuple[int, int]:
+    index = jax.process_index() if shard_index is None else shard_index
+    count = jax.process_count() if shard_count is None else shard_count
+    if not 0 <= index < count:
+        raise ValueError(f"shard_index={index} must be in [0, shard_count={count})")
+    return index, count
+
+
+def packed_row(windows: list[np.ndarray], sid_codes: np.ndarray, vocab: SIDVocab,
+               length: int) -> dict[str, np.ndarray]:
+    """Packs item windows into one right-padded row of ``length`` positions.
+
+    Each window becomes a segment ``BOS, s(1)_1..s(m)_L`` (inputs) with targets shifted by one
+    inside the segment. Segments are laid out in order; one that does not fit keeps its most recent
+    items that do (at least one item, else it and all later ones are left out). Returns
+    ``tokens/codes/levels/targets`` plus ``segment_ids`` (1, 2, ... per segment, 0 on padding) and
+    ``positions`` (0-based position inside the segment, 0 on padding), all int32 ``[length]``.
+    """
+    levels_n = vocab.num_levels
+    out = {k: np.zeros(length, np.int32)
+           for k in ("tokens", "codes", "levels", "targets", "segment_ids", "positions")}
+    at = 0
+    for segment, window in enumerate(windows, start=1):
+        fit = (length - at) // levels_n
+        if fit < 1:
+            break
+        items = np.asarray(window, np.int64)[-fit:]
+        full = encode_items(items, sid_codes, vocab, sequence_length(len(items), levels_n))
+        n = len(full["tokens"]) - 1
+        span = slice(at, at + n)
+        out["tokens"][span] = full["tokens"][:-1]
+        out["codes"][span] = full["codes"][:-1]
+        out["levels"][span] = full["levels"][:-1]
+        out["targets"][span] = full["tokens"][1:]
+        out["segment_ids"][span] = segment
+        out["positions"][span] = np.arange(n)
+        at += n
+    return out
+
+
+def train_dataset(train_sequences, sid_codes: np.ndarray, vocab: SIDVocab, *,
+                  max_history: int, batch_size: int, seed: int,
+                  shard_index: int | None = None, shard_count: int | None = None,
+                  pack_segments: int = 0, pack_length: int | None = None) -> grain.MapDataset:
     """An infinite grain ``MapDataset`` of training batches; element ``i`` is the batch of step i.
 
     Users are shuffled by seed, reshuffled every epoch; window ends are drawn from
     ``(seed, example index)``, so every batch is a pure function of its step.
+
+    ``train_sequences`` is a list of int arrays or any random-access source of them (e.g.
+    :func:`sidjax.data.prepare.train_source`; a non-list source is assumed to hold no empty
+    sequence). Sharding: the global example stream is dealt round-robin over ``shard_count``
+    processes (default ``jax.process_count()``); process ``shard_index`` (default
+    ``jax.process_index()``) gets global examples ``shard_index, shard_index + shard_count, ...``,
+    and ``batch_size`` is the per-process batch. So step ``s`` of shard ``k``, row ``r`` is row
+    ``r * shard_count + k`` of step ``s`` of the unsharded stream with batch
+    ``batch_size * shard_count``: the processes read disjoint examples that together form the
+    global batch.
+
+    Packing (``pack_segments > 0``): each row holds ``pack_segments`` consecutive examples of the
+    stream as segments (see :func:`packed_row`), ``pack_length`` positions long (default
+    ``max_history * L``), right-padded, with ``segment_ids`` and ``positions``. Contract for the
+    model: attention must stay inside a segment (``segment_ids[q] == segment_ids[k] != 0`` and
+    causal), positions (RoPE) restart at 0 with each segment's BOS, and the loss must ignore
+    ``targets == PAD`` (padding and nothing else: every segment's last input predicts its last
+    code).
     """
-    usable = [s for s in train_sequences if len(s) > 0]
-    if len(usable) < batch_size:
-        raise ValueError(f"only {len(usable)} training sequences for batch_size {batch_size}; "
+    if isinstance(train_sequences, list):
+        usable = [s for s in train_sequences if len(s) > 0]
+    else:
+        usable = train_sequences
+    shard_index, shard_count = _shard(shard_index, shard_count)
+    per_row = max(1, pack_segments)
+    needed = batch_size * shard_count * per_row
+    if len(usable) < needed:
+        raise ValueError(f"only {len(usable)} training sequences for batch_size {batch_size} x "
+                         f"{shard_count} process(es) x {per_row} segment(s) per row; "
                          "lower train.batch_size")
 
     def make(index, user):
         rng = np.random.default_rng((seed, index))
+        if pack_segments:
+            return _window(usable[user], max_history, rng)
         return training_example(usable[user], sid_codes, vocab, max_history, rng)
 
-    return (grain.MapDataset.range(len(usable)).shuffle(seed=seed).repeat(None)
-            .map_with_index(make).batch(batch_size, drop_remainder=True))
+    ds = grain.MapDataset.range(len(usable)).shuffle(seed=seed).repeat(None).map_with_index(make)
+    if pack_segments:
+        length = pack_length or max_history * vocab.num_levels
+        ds = ds.batch(pack_segments, batch_fn=list).map(
+            lambda windows: packed_row(windows, sid_codes, vocab, length))
+    if shard_count > 1:
+        ds = ds[shard_index::shard_count]
+    return ds.batch(batch_size, drop_remainder=True)
+
+
+def train_iterator(dataset: grain.MapDataset, start_step: int = 0, *, num_threads: int = 2,
+                   prefetch: int = 8) -> grain.DatasetIterator:
+    """Iterator over ``dataset[start_step:]`` prefetched by ``num_threads`` worker threads.
+
+    Its ``get_state()`` / ``set_state()`` is grain's checkpointable state (a JSON-able dict);
+    restoring it, or starting a fresh iterator at the saved step, yields the same batches.
+    """
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    return iter(dataset[start_step:].to_iter_dataset(options))
 
 
 def eval_arrays(histories: list[np.ndarray], sid_codes: np.ndarray, vocab: SIDVocab,

@@ -95,8 +95,17 @@ def _fields(line: str, sep: str, n: int, where: str, sep_name: str) -> list[str]
 
 
 def _load_json(path: Path) -> Any:
+    raw = _require(path).read_bytes()
     try:
-        return json.loads(_require(path).read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"{path}:{line}: expected UTF-8 JSON, got byte 0x{raw[e.start]:02x} at offset "
+            f"{e.start}; re-save the file as UTF-8"
+        ) from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: expected valid JSON ({e.msg})") from None
 
@@ -618,6 +627,9 @@ def detect_format(path: str | Path) -> str:
 def load_dataset(path: str | Path, fmt: str = "auto", **kw: Any) -> InteractionData:
     """Reads ``path`` with the reader for ``fmt`` (``"auto"``: :func:`detect_format`).
 
+    A folder written by ``sidjax prepare`` (``dataset.json`` of format ``sidjax-prepared``) is read
+    with :func:`sidjax.data.prepare.load_prepared` when ``fmt`` is ``"auto"`` or ``"prepared"``.
+
     ``kw`` go to the reader: ``read_movielens``, ``read_p5``, ``read_lcrec`` or ``read_table``
     (which needs ``user_col``, ``item_col`` and ``time_col``). A ``*.inter.json`` path reads its
     folder with that prefix.
@@ -628,6 +640,10 @@ def load_dataset(path: str | Path, fmt: str = "auto", **kw: Any) -> InteractionD
         "lcrec": read_lcrec,
         "table": read_table,
     }
+    from sidjax.data.prepare import is_prepared, load_prepared
+
+    if fmt == "prepared" or (fmt == "auto" and is_prepared(path)):
+        return load_prepared(path, **kw)
     if fmt == "auto":
         fmt = detect_format(path)
     if fmt not in readers:

@@ -38,3 +38,24 @@ def popularity_level_accuracy(sid_codes: np.ndarray, item_counts: np.ndarray,
         pred = np.array([best[tuple(t[:level])] for t in target_codes])
         accuracies.append(float(np.mean(pred == target_codes[:, level])))
     return accuracies
+
+
+def full_sid_correct(predicted_codes: np.ndarray, target_codes: np.ndarray) -> np.ndarray:
+    """Bool ``[U]``: whether a decoded SID ``[U, L]`` equals the target's at every level.
+
+    With the codes of :func:`sidjax.decode.beam.greedy` this is the per-user greedy full-SID
+    accuracy; its mean is the model's greedy full-SID accuracy, and its negation for the baseline is
+    the hard-example mask (:func:`sidjax.eval.stats.hard_example_mask`).
+    """
+    pred, target = np.asarray(predicted_codes), np.asarray(target_codes)
+    if pred.shape != target.shape or pred.ndim != 2:
+        raise ValueError(f"predicted_codes {pred.shape} and target_codes {target.shape} must both "
+                         "be [U, L]")
+    return np.all(pred == target, axis=1)
+
+
+def history_lengths(histories: list[np.ndarray], max_history: int | None = None) -> np.ndarray:
+    """Int ``[U]``: the number of history items each user's model input holds (capped at
+    ``max_history``, the truncation the encoder applies)."""
+    lengths = np.array([len(h) for h in histories], np.int64)
+    return lengths if max_history is None else np.minimum(lengths, max_history)

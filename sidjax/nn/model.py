@@ -32,6 +32,20 @@ def positions_from_valid(valid: jax.Array, start: jax.Array | int = 0) -> jax.Ar
     return jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0) + start
 
 
+def positions_from_segments(valid: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    """RoPE positions ``[B, T]`` of a packed row: 0 at each segment's first valid token, counting up.
+
+    A segment starts where ``segment_ids`` changes; padding gets the position of its neighbours
+    (it is masked out of attention anyway).
+    """
+    count = jnp.cumsum(valid, axis=-1)
+    starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                              segment_ids[:, 1:] != segment_ids[:, :-1]], axis=-1)
+    # The running count at each segment's start is non-decreasing, so a cumulative max carries it.
+    base = jax.lax.cummax(jnp.where(starts, count - valid, 0), axis=1)
+    return jnp.maximum(count - base - 1, 0)
+
+
 class SIDRecommender(nnx.Module):
     """Decoder-only generative recommender over SID tokens."""
 
@@ -55,19 +69,32 @@ class SIDRecommender(nnx.Module):
             x = x + prefixmem.apply(params, codes, levels, cfg=self.pm_cfg, hidden=x)
         return x
 
-    def __call__(self, tokens, codes, levels, *, dropout_key=None):
-        """Next-token logits ``[B, T, V]`` for left-padded sequences (training, scoring)."""
+    def __call__(self, tokens, codes, levels, *, dropout_key=None, segment_ids=None,
+                 positions=None):
+        """Next-token logits ``[B, T, V]`` for left-padded sequences (training, scoring).
+
+        Packed rows: ``segment_ids [B, T]`` (1, 2, ... per sequence, 0 on padding) keep attention
+        inside each sequence; ``positions [B, T]`` are the RoPE positions (default: restarting at 0
+        in each segment). Every segment starts with BOS, so PrefixMem's n-grams never cross one.
+        """
         rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
         valid = tokens != PAD
+        if segment_ids is not None:
+            valid = valid & (segment_ids > 0)
+            if positions is None:
+                positions = positions_from_segments(valid, segment_ids)
+        elif positions is None:
+            positions = positions_from_valid(valid)
         x = self.embed_tokens(tokens, codes, levels)
         x = self.embed_dropout(x, deterministic=rngs is None, rngs=rngs)
-        x, _ = self.decoder(x, positions_from_valid(valid), valid, rngs=rngs)
+        x, _ = self.decoder(x, positions, valid, rngs=rngs, segment_ids=segment_ids)
         return self.head(x)
 
-    def prefill(self, tokens, codes, levels, extra: int):
+    def prefill(self, tokens, codes, levels, extra: int = 0):
         """Encodes histories once; returns ``(logits of the last position [B, V], cache)``.
 
-        The cache has room for ``extra`` more tokens per sequence.
+        The cache has room for ``extra`` more tokens per sequence (0 for :meth:`beam_step`, which
+        keeps generated tokens in a separate per-beam cache).
         """
         valid = tokens != PAD
         cache = self.decoder.init_cache(tokens.shape[0], tokens.shape[1] + extra)
@@ -88,6 +115,21 @@ class SIDRecommender(nnx.Module):
         x, cache = self.decoder(x, positions, jnp.ones_like(positions, bool), cache=cache)
         cache["next_position"] = next_position + 1
         return self.head(x[:, -1]), cache
+
+    def beam_step(self, tokens, codes, levels, history: dict, generated: dict | None, depth: int):
+        """Feeds the ``depth``-th generated SID token of every beam; returns ``(logits, generated)``.
+
+        ``tokens, codes, levels`` are ``[B, K, depth]`` windows of each beam's generated prefix (the
+        last column is the new token; the earlier ones only feed PrefixMem's n-grams). ``history`` is
+        :meth:`prefill`'s cache (``extra=0``), shared by the K beams of a sequence; ``generated`` is
+        the per-beam cache of the ``depth - 1`` earlier tokens (None at depth 1). Returns logits
+        ``[B, K, V]`` for the next token and the generated cache grown by one token.
+        """
+        x = self.embed_tokens(tokens, codes, levels)[..., -1, :]  # B K D
+        positions = jnp.broadcast_to(history["next_position"][:, None] + (depth - 1),
+                                     x.shape[:2])
+        x, generated = self.decoder.beam_step(x, positions, history, generated)
+        return self.head(x), generated
 
 
 def count_params(model: nnx.Module) -> int:

@@ -12,6 +12,37 @@ is added to. Positions of level 0 (BOS, padding, text) get zeros.
 
     params = init(key, cfg)
     delta = apply(params, codes, levels, cfg=cfg, hidden=token_embeddings)   # [B, T, d_model]
+
+Fusion (``cfg.fusion``): ``concat`` projects the ``S * mem_dim`` concatenated rows (``w_value`` is
+``[S * mem_dim, d]``); ``sum`` projects the sum of the rows (``[mem_dim, d]``), S times cheaper.
+
+Injection (``cfg.inject_layers``): ``()`` adds the output to the input embeddings (one projection,
+the shapes above). A non-empty tuple adds it to the residual stream before each listed decoder block
+instead, with one projection and gate per site (stacked on a leading ``sites`` axis) over memory
+rows gathered once: ``memory = read_memory(...)`` then ``x = inject(params, memory, x, levels,
+cfg=cfg, layer=i)`` before block ``i``.
+
+Sharding (``apply(..., mesh=mesh)``): the table is split by rows over the mesh axis that the rules
+map ``table_rows`` to (``'model'`` by default) and read with :func:`sidjax.parallel.sharded_take`
+inside ``shard_map`` (masked local gather, then ``psum`` over the row axis; the table gradient stays
+on the owning shard; see :mod:`sidjax.parallel.lookup` for the communication volume and the
+all-to-all alternative). The row count must be a multiple of that axis size: ``for_mesh(cfg, mesh)``
+sets ``pad_rows_to`` accordingly. Everything else (projections, gate) is ordinary GSPMD code.
+
+Memory arithmetic (:func:`memory_report`)
+-----------------------------------------
+Four SID levels with 1e8 hashed rows each (``orders=(1,)``, 2 hash heads of ~5e7 rows per level,
+``mem_dim=64``; 400,000,640 rows after padding to 64) on a TPU v5e-64 slice (64 chips, 16 GiB HBM
+each), float32 table and Adam (2 moments, float32):
+
+* whole table: 4.0e8 rows x 64 x 4 B = 102.4 GB (95.4 GiB): does not fit on one chip;
+* mesh ``(data=2, fsdp=1, model=32)``: 1.25e7 rows per chip = 3.2 GB table + 6.4 GB Adam moments
+  = 9.6 GB (8.9 GiB) per chip, leaving ~7 GiB for the decoder and activations;
+* mesh ``(data=1, fsdp=1, model=64)``: 1.6 GB + 3.2 GB = 4.8 GB (4.5 GiB) per chip;
+* mesh ``(data=8, fsdp=1, model=8)``: 12.8 GB + 25.6 GB = 38.4 GB per chip: does not fit (a
+  bfloat16 table, ``param_dtype="bfloat16"``, halves the table but not float32 moments).
+
+The projections are small in comparison (concat, d=2048: 2 x 128 x 2048 x 4 B = 2 MiB).
 """
 
 from __future__ import annotations
@@ -26,7 +57,10 @@ import numpy as np
 
 from sidjax.config import PrefixMemConfig
 
-# Logical axis names of each parameter (mapped to mesh axes by sidjax.parallel rules).
+FUSIONS = ("concat", "sum")
+
+# Logical axis names of each parameter with one injection site (mapped to mesh axes by
+# sidjax.parallel rules); see param_axes() for the stacked per-site layout.
 PARAM_AXES = {
     "table": ("table_rows", "mem"),
     "w_value": ("mem_concat", "embed"),
@@ -81,6 +115,16 @@ def check_config(cfg: PrefixMemConfig) -> None:
         raise ValueError(f"prefixmem.orders must be distinct integers >= 1, got {cfg.orders}")
     if cfg.hash_heads < 1 or cfg.mem_dim < 1:
         raise ValueError("prefixmem.hash_heads and prefixmem.mem_dim must be >= 1")
+    if cfg.fusion not in FUSIONS:
+        raise ValueError(f"prefixmem.fusion must be one of {FUSIONS}, got {cfg.fusion!r}")
+    layers = cfg.inject_layers
+    if any(i < 0 for i in layers) or len(set(layers)) != len(layers):
+        raise ValueError(f"prefixmem.inject_layers must be distinct block indices >= 0, got {layers}")
+    try:
+        jnp.dtype(cfg.param_dtype)
+    except TypeError as err:
+        raise ValueError(f"prefixmem.param_dtype {cfg.param_dtype!r} is not a dtype name "
+                         "(e.g. float32, bfloat16)") from err
 
 
 @functools.lru_cache(maxsize=64)
@@ -110,20 +154,77 @@ def layout(cfg: PrefixMemConfig) -> Layout:
     return Layout(tuple(tables), len(cfg.orders) * cfg.hash_heads, num_rows)
 
 
+def num_sites(cfg: PrefixMemConfig) -> int:
+    """Number of injection sites (projection sets): 1 at the embeddings, else one per layer."""
+    return max(1, len(cfg.inject_layers))
+
+
+def fan_in(cfg: PrefixMemConfig) -> int:
+    """Width of the memory vector the projections read: ``S * mem_dim`` (concat) or ``mem_dim``."""
+    slots = layout(cfg).num_slots if cfg.fusion == "concat" else 1
+    return slots * cfg.mem_dim
+
+
+def param_axes(cfg: PrefixMemConfig) -> dict[str, tuple[str, ...]]:
+    """Logical axis names of every parameter :func:`init` makes for ``cfg``."""
+    if not cfg.inject_layers:
+        return {k: v for k, v in PARAM_AXES.items() if cfg.gate or k in ("table", "w_value")}
+    return {k: v if k == "table" else ("sites",) + v for k, v in param_axes(
+        dataclasses.replace(cfg, inject_layers=())).items()}
+
+
+def init_projections(key: jax.Array, cfg: PrefixMemConfig) -> dict[str, jax.Array]:
+    """Fresh projection and gate parameters (everything but the table), as :func:`init` makes."""
+    _, k_value, k_key = jax.random.split(key, 3)  # index 0 is the table's key in init()
+    f = fan_in(cfg)
+    lead = (len(cfg.inject_layers),) if cfg.inject_layers else ()
+    params = {"w_value": jax.random.normal(k_value, lead + (f, cfg.d_model)) / math.sqrt(f)}
+    if cfg.gate:
+        params["w_key"] = jax.random.normal(k_key, lead + (f, cfg.d_model)) / math.sqrt(f)
+        params["query_scale"] = jnp.ones(lead + (cfg.d_model,))
+        params["key_scale"] = jnp.ones(lead + (cfg.d_model,))
+    return params
+
+
 def init(key: jax.Array, cfg: PrefixMemConfig) -> dict[str, jax.Array]:
     """Fresh parameters: the flattened table, value projection and (with the gate) key projection."""
     lay = layout(cfg)
-    k_table, k_value, k_key = jax.random.split(key, 3)
-    fan_in = lay.num_slots * cfg.mem_dim
-    params = {
-        "table": jax.random.normal(k_table, (lay.num_rows, cfg.mem_dim), jnp.float32),
-        "w_value": jax.random.normal(k_value, (fan_in, cfg.d_model)) / math.sqrt(fan_in),
-    }
-    if cfg.gate:
-        params["w_key"] = jax.random.normal(k_key, (fan_in, cfg.d_model)) / math.sqrt(fan_in)
-        params["query_scale"] = jnp.ones((cfg.d_model,))
-        params["key_scale"] = jnp.ones((cfg.d_model,))
-    return params
+    k_table = jax.random.split(key, 3)[0]
+    table = jax.random.normal(k_table, (lay.num_rows, cfg.mem_dim), jnp.float32)
+    return {"table": table.astype(cfg.param_dtype), **init_projections(key, cfg)}
+
+
+def for_mesh(cfg: PrefixMemConfig, mesh, rules=None) -> PrefixMemConfig:
+    """``cfg`` with ``pad_rows_to`` a multiple of the size of the mesh axis that shards the rows."""
+    n = _row_shards(mesh, rules)[1]
+    return dataclasses.replace(cfg, pad_rows_to=math.lcm(max(1, cfg.pad_rows_to), n))
+
+
+def _row_shards(mesh_shape, rules=None) -> tuple[str | None, int]:
+    """``(axis, size)`` of the mesh axis the rules give ``table_rows`` (``(None, 1)``: unsharded)."""
+    from sidjax.parallel.rules import DEFAULT_RULES
+
+    sizes = _axis_sizes(mesh_shape)
+    axes = [a for a in (rules or DEFAULT_RULES).lookup("table_rows") if sizes.get(a, 1) > 1]
+    if len(axes) > 1:
+        raise ValueError(f"the rules split table_rows over several mesh axes {axes}; "
+                         "sharded_take supports one: map table_rows to a single axis")
+    return (axes[0], sizes[axes[0]]) if axes else (None, 1)
+
+
+def _axis_sizes(mesh_shape) -> dict[str, int]:
+    """Axis sizes of a ``Mesh``, a ``{axis: size}`` dict or a ``(data, fsdp, model)`` tuple."""
+    if mesh_shape is None:
+        return {}
+    if hasattr(mesh_shape, "shape"):
+        return {k: int(v) for k, v in dict(mesh_shape.shape).items()}
+    if isinstance(mesh_shape, dict):
+        return {k: int(v) for k, v in mesh_shape.items()}
+    from sidjax.parallel.mesh import MESH_AXES
+
+    if len(mesh_shape) != len(MESH_AXES):
+        raise ValueError(f"mesh shape {tuple(mesh_shape)} must give one size per axis {MESH_AXES}")
+    return {k: int(v) for k, v in zip(MESH_AXES, mesh_shape)}
 
 
 def _prefix_codes(codes: jax.Array, max_order: int) -> jax.Array:
@@ -173,8 +274,64 @@ def _rms_norm(x: jax.Array, scale: jax.Array, eps: float = 1e-6) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * scale
 
 
+def read_memory(params: dict[str, jax.Array], codes: jax.Array, levels: jax.Array, *,
+                cfg: PrefixMemConfig, mesh=None, rules=None) -> jax.Array:
+    """The fused memory vector ``[..., T, fan_in(cfg)]`` of each position (zeros off SID tokens).
+
+    ``mesh``/``rules``: read the table row-sharded over the axis ``rules`` map ``table_rows`` to
+    (see the module docstring); ``None`` for a plain gather.
+    """
+    rows = lookup_rows(cfg, codes, levels)
+    valid = rows >= 0
+    ids = jnp.maximum(rows, 0)
+    axis, n = _row_shards(mesh, rules)
+    table = params["table"]
+    if axis is None:
+        gathered = jnp.take(table, ids, axis=0)
+    else:
+        from sidjax.parallel.lookup import sharded_take
+        from sidjax.parallel.rules import DEFAULT_RULES
+
+        if table.shape[0] % n:
+            raise ValueError(
+                f"the PrefixMem table has {table.shape[0]} rows, not a multiple of the {axis!r} "
+                f"mesh axis size {n}; set prefixmem.pad_rows_to to a multiple of {n} "
+                "(prefixmem.for_mesh(cfg, mesh) does it) and re-initialise")
+        batch_axes = (rules or DEFAULT_RULES).lookup("batch")
+        gathered = sharded_take(table, ids, mesh=mesh, row_axis=axis, batch_axes=batch_axes)
+    gathered = (gathered * valid[..., None]).astype(jnp.float32)  # [..., T, S, M]
+    if cfg.fusion == "sum":
+        return jnp.sum(gathered, axis=-2)
+    return gathered.reshape(rows.shape[:-1] + (-1,))
+
+
+def _site(params: dict[str, jax.Array], cfg: PrefixMemConfig, site: int) -> dict[str, jax.Array]:
+    if not cfg.inject_layers:
+        if site != 0:
+            raise ValueError(f"site {site} requested but prefixmem.inject_layers is empty (one site)")
+        return params
+    return {k: v if k == "table" else v[site] for k, v in params.items()}
+
+
+def project(params: dict[str, jax.Array], memory: jax.Array, levels: jax.Array, *,
+            cfg: PrefixMemConfig, hidden: jax.Array | None = None, site: int = 0) -> jax.Array:
+    """Projects (and gates against ``hidden``) a :func:`read_memory` output: ``[..., T, d_model]``.
+
+    ``site`` picks the projection set (the index into ``cfg.inject_layers``; 0 at the embeddings).
+    """
+    p = _site(params, cfg, site)
+    value = jnp.einsum("...TF,FD->...TD", memory, p["w_value"])
+    if cfg.gate and hidden is not None:
+        key = jnp.einsum("...TF,FD->...TD", memory, p["w_key"])
+        score = jnp.sum(_rms_norm(hidden, p["query_scale"]) * _rms_norm(key, p["key_scale"]),
+                        axis=-1, keepdims=True)
+        value = value * jax.nn.sigmoid(score / math.sqrt(cfg.d_model))
+    return value * (levels > 0)[..., None]
+
+
 def apply(params: dict[str, jax.Array], codes: jax.Array, levels: jax.Array, *,
-          cfg: PrefixMemConfig, hidden: jax.Array | None = None, mesh=None) -> jax.Array:
+          cfg: PrefixMemConfig, hidden: jax.Array | None = None, mesh=None, rules=None,
+          site: int = 0) -> jax.Array:
     """PrefixMem output ``[..., T, d_model]`` to add to the hidden states at SID positions.
 
     Args:
@@ -183,37 +340,96 @@ def apply(params: dict[str, jax.Array], codes: jax.Array, levels: jax.Array, *,
       cfg: the config the params were made with.
       hidden: ``[..., T, d_model]`` states the output is added to; required by the gate (without
         it the output is ungated).
-      mesh: a ``jax.sharding.Mesh`` whose rules shard the table by rows; ``None`` for a plain gather.
+      mesh: a ``jax.sharding.Mesh``; the table is read row-sharded over the axis ``rules``
+        (default :data:`sidjax.parallel.DEFAULT_RULES`) map ``table_rows`` to. ``None``: plain
+        gather.
+      site: projection set to use when ``cfg.inject_layers`` is non-empty.
     """
-    rows = lookup_rows(cfg, codes, levels)
-    valid = rows >= 0
-    if mesh is None:
-        gathered = jnp.take(params["table"], jnp.maximum(rows, 0), axis=0)
-    else:
-        from sidjax.parallel.lookup import sharded_take
+    memory = read_memory(params, codes, levels, cfg=cfg, mesh=mesh, rules=rules)
+    return project(params, memory, levels, cfg=cfg, hidden=hidden, site=site)
 
-        gathered = sharded_take(params["table"], jnp.maximum(rows, 0), mesh=mesh)
-    memory = (gathered * valid[..., None]).reshape(rows.shape[:-1] + (-1,))
-    memory = memory.astype(params["w_value"].dtype)
-    value = jnp.einsum("...TM,MD->...TD", memory, params["w_value"])
-    if cfg.gate and hidden is not None:
-        key = jnp.einsum("...TM,MD->...TD", memory, params["w_key"])
-        score = jnp.sum(_rms_norm(hidden, params["query_scale"]) * _rms_norm(key, params["key_scale"]),
-                        axis=-1, keepdims=True)
-        value = value * jax.nn.sigmoid(score / math.sqrt(cfg.d_model))
-    return value * (levels > 0)[..., None]
+
+def inject(params: dict[str, jax.Array], memory: jax.Array | None, x: jax.Array,
+           levels: jax.Array, *, cfg: PrefixMemConfig, layer: int | None) -> jax.Array:
+    """Residual stream ``x`` after PrefixMem's injection at ``layer`` (unchanged if none there).
+
+    A decoder calls it with ``layer=None`` on the input embeddings and with ``layer=i`` before
+    block ``i``; ``memory`` is :func:`read_memory` of the sequence, computed once. With an empty
+    ``cfg.inject_layers`` only ``layer=None`` injects; otherwise only the listed blocks do.
+    """
+    if layer is None:
+        if cfg.inject_layers:
+            return x
+        site = 0
+    elif layer in cfg.inject_layers:
+        site = cfg.inject_layers.index(layer)
+    else:
+        return x
+    return x + project(params, memory, levels, cfg=cfg, hidden=x, site=site).astype(x.dtype)
 
 
 def param_count(cfg: PrefixMemConfig) -> int:
     """Number of parameters :func:`init` creates."""
-    lay = layout(cfg)
-    fan_in = lay.num_slots * cfg.mem_dim
-    return lay.num_rows * cfg.mem_dim + fan_in * cfg.d_model * (2 if cfg.gate else 1) + (
+    per_site = fan_in(cfg) * cfg.d_model * (2 if cfg.gate else 1) + (
         2 * cfg.d_model if cfg.gate else 0)
+    return layout(cfg).num_rows * cfg.mem_dim + num_sites(cfg) * per_site
 
 
 def flops_per_token(cfg: PrefixMemConfig) -> int:
-    """Multiply-add FLOPs (x2) PrefixMem adds per SID token: projections and the gate's dot."""
-    fan_in = layout(cfg).num_slots * cfg.mem_dim
-    projections = 2 * fan_in * cfg.d_model * (2 if cfg.gate else 1)
-    return projections + (8 * cfg.d_model if cfg.gate else 0)
+    """FLOPs PrefixMem adds per SID token (a multiply-add is 2): projections, gate, row sum."""
+    projections = 2 * fan_in(cfg) * cfg.d_model * (2 if cfg.gate else 1)
+    fuse = layout(cfg).num_slots * cfg.mem_dim if cfg.fusion == "sum" else 0
+    return num_sites(cfg) * (projections + (8 * cfg.d_model if cfg.gate else 0)) + fuse
+
+
+def memory_report(cfg: PrefixMemConfig, mesh_shape, *, rules=None,
+                  optimizer_slots: int = 2) -> dict:
+    """Bytes per device of PrefixMem's parameters (and optimizer moments) on a mesh.
+
+    Args:
+      cfg: the PrefixMem config (the table uses ``cfg.param_dtype``; projections are float32).
+      mesh_shape: a ``Mesh``, a ``{axis: size}`` dict or ``(data, fsdp, model)`` sizes.
+      rules: logical-to-mesh axis rules (default :data:`sidjax.parallel.DEFAULT_RULES`).
+      optimizer_slots: float32 moments kept per parameter (2 for Adam, 0 to leave them out).
+
+    Returns:
+      A dict: ``devices``, ``row_axis``, ``row_shards``, ``table_rows`` (padded to the row shards),
+      ``table_dtype``, ``table_bytes`` (whole table), ``table_bytes_per_device``,
+      ``projection_bytes_per_device``, ``optimizer_bytes_per_device``, ``total_bytes_per_device``.
+    """
+    import types
+
+    from sidjax.parallel.rules import logical_to_spec
+
+    sizes = _axis_sizes(mesh_shape)
+    axis, n = _row_shards(sizes, rules)
+    rows = -(-layout(cfg).num_rows // n) * n
+    shapes = {k: v.shape for k, v in jax.eval_shape(
+        lambda: init_projections(jax.random.key(0), cfg)).items()}
+    shapes["table"] = (rows, cfg.mem_dim)
+    fake_mesh = types.SimpleNamespace(shape=sizes)
+
+    def per_device(name: str) -> int:
+        spec = logical_to_spec(param_axes(cfg)[name], rules, mesh=fake_mesh)
+        count = 1
+        for dim, entry in zip(shapes[name], spec):
+            axes = () if entry is None else (entry,) if isinstance(entry, str) else entry
+            count *= -(-dim // math.prod(sizes[a] for a in axes))
+        return count
+
+    table_item = jnp.dtype(cfg.param_dtype).itemsize
+    table_dev = per_device("table") * table_item
+    proj_elems = sum(per_device(k) for k in shapes if k != "table")
+    optimizer = optimizer_slots * 4 * (per_device("table") + proj_elems)
+    return {
+        "devices": math.prod(sizes.values()) if sizes else 1,
+        "row_axis": axis,
+        "row_shards": n,
+        "table_rows": rows,
+        "table_dtype": str(jnp.dtype(cfg.param_dtype)),
+        "table_bytes": rows * cfg.mem_dim * table_item,
+        "table_bytes_per_device": table_dev,
+        "projection_bytes_per_device": proj_elems * 4,
+        "optimizer_bytes_per_device": optimizer,
+        "total_bytes_per_device": table_dev + proj_elems * 4 + optimizer,
+    }

@@ -16,6 +16,9 @@ logical name    mesh axes             used for
 ``kv``          ``None``              per-head feature dimension
 ``length``      ``None``              sequence length
 ``levels``      ``None``              Semantic ID levels (codebooks per item)
+``mem``         ``None``              width of one PrefixMem memory row
+``mem_concat``  ``None``              PrefixMem projection input (rows of all slots)
+``sites``       ``None``              PrefixMem injection sites (one projection per site)
 ==============  ====================  =====================================================
 
 Resolution (:func:`logical_to_spec`) goes left to right over a tensor's dimensions. A mesh axis
@@ -86,6 +89,9 @@ DEFAULT_RULES = AxisRules(
         ("kv", None),
         ("length", None),
         ("levels", None),
+        ("mem", None),
+        ("mem_concat", None),
+        ("sites", None),
     )
 )
 """The project-wide logical-to-physical axis table."""

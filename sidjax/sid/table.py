@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sidjax.sid.rqkmeans import encode_rqkmeans, fit_rqkmeans
+from sidjax.sid import rqkmeans
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,24 +60,66 @@ def collision_rate(codes: np.ndarray) -> float:
     return float(np.mean(counts[inverse.ravel()] > 1))
 
 
-def build_sid_table(vectors: np.ndarray, item_ids: list[str], *, levels: int, codes: int,
-                    iters: int = 25, seed: int = 0) -> tuple[SIDTable, dict]:
-    """Residual k-means SIDs plus a collision level. Returns the table and diagnostics."""
-    codebooks = fit_rqkmeans(vectors, levels, codes, iters=iters, seed=seed)
-    base = encode_rqkmeans(codebooks, vectors)
-    full = add_collision_level(base)
-    k = codebooks[0].shape[0]
-    per_level = (k,) * levels + (int(full[:, -1].max()) + 1,)
-    recon = sum(cb[base[:, i]] for i, cb in enumerate(codebooks))
+def check_item_ids(item_ids, num_items: int) -> tuple[str, ...]:
+    """Item ids as strings; raises when their count differs from ``num_items`` or one repeats."""
+    ids = tuple(str(i) for i in item_ids)
+    if len(ids) != num_items:
+        raise ValueError(f"{len(ids)} item ids for {num_items} vectors; pass one id per vector row")
+    if len(set(ids)) != len(ids):
+        seen, dups = set(), []
+        for i in ids:
+            if i in seen:
+                dups.append(i)
+            seen.add(i)
+        raise ValueError(f"duplicate item ids {dups[:5]} ({len(dups)} repeats); item ids must be unique")
+    return ids
+
+
+def sid_to_items(codes: np.ndarray) -> dict[tuple[int, ...], list[int]]:
+    """Collision-corrected evaluation hook: every full SID mapped to the item indices that share it."""
+    out: dict[tuple[int, ...], list[int]] = {}
+    for i, row in enumerate(np.asarray(codes).tolist()):
+        out.setdefault(tuple(row), []).append(i)
+    return out
+
+
+def build_sid_table(vectors: np.ndarray, item_ids: list[str], *, levels: int,
+                    codes: int | tuple[int, ...], iters: int = 25, seed: int = 0,
+                    reassign: bool = False, **options) -> tuple[SIDTable, dict]:
+    """Residual k-means SIDs made unique. Returns the table and diagnostics.
+
+    By default an extra collision level numbers the items sharing a SID. With ``reassign=True``
+    colliding items move to free last-level codes of their prefix (:mod:`sidjax.sid.reassign`) and
+    the extra level is added only if some prefix has no free codes. ``options`` are other
+    :class:`~sidjax.sid.rqkmeans.RQKMeansConfig` fields (``balanced``, ``slack``, ``batch_size``, ...).
+    """
+    from sidjax.sid.diagnostics import sid_diagnostics
+    from sidjax.sid.reassign import reassign_collisions
+
+    x = rqkmeans.check_vectors(vectors)
+    ids = check_item_ids(item_ids, len(x))
+    cfg = rqkmeans.RQKMeansConfig(levels=levels, codes=codes, iters=iters, seed=seed, **options)
+    quantizer, base = rqkmeans.fit_with_codes(x, cfg)
+    ks = cfg.codes_per_level()
+    moved, cost = 0, 0.0
+    if reassign:
+        result = reassign_collisions(base, rqkmeans.residuals_before(quantizer, x, base, levels - 1),
+                                     quantizer.codebooks[-1])
+        full, moved, cost = result.codes, result.moved, result.cost
+    else:
+        full = add_collision_level(base)
+    per_level = ks + ((int(full[:, -1].max()) + 1,) if full.shape[1] > levels else ())
+    recon = rqkmeans.reconstruct(quantizer, full[:, :levels])
     diagnostics = {
         "collision_rate": collision_rate(base),
-        "max_collision_group": per_level[-1],
+        "max_collision_group": int(np.unique(base, axis=0, return_counts=True)[1].max()),
         "codes_used_per_level": [int(len(np.unique(base[:, i]))) for i in range(levels)],
         "unique_prefixes_per_level": [int(len(np.unique(base[:, : i + 1], axis=0)))
                                       for i in range(levels)],
-        "reconstruction_mse": float(np.mean((np.asarray(vectors) - recon) ** 2)),
+        "reconstruction_mse": float(np.mean((x - recon) ** 2)),
     }
-    return SIDTable(full, per_level, tuple(item_ids)), diagnostics
+    diagnostics.update(sid_diagnostics(base, full, per_level, x, recon, moved=moved, move_cost=cost))
+    return SIDTable(full, per_level, ids), diagnostics
 
 
 def save_sid_table(table: SIDTable, path: Path) -> None:

@@ -82,3 +82,57 @@ def build_trie(codes: np.ndarray) -> SIDTrie:
         child_nodes.append(cn)
     return SIDTrie(tuple(offsets), tuple(node_codes), tuple(child_codes), tuple(child_nodes),
                    order.astype(np.int32))
+
+
+def save_trie(trie: SIDTrie, path) -> None:
+    """Writes the trie's arrays as ``.npz`` atomically (temporary file, then rename)."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    arrays = {"leaf_item": trie.leaf_item}
+    for d in range(trie.depth):
+        arrays.update({f"offsets_{d}": trie.offsets[d], f"codes_{d}": trie.codes[d],
+                       f"child_codes_{d}": trie.child_codes[d], f"child_nodes_{d}": trie.child_nodes[d]})
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def load_trie(path) -> SIDTrie:
+    """Reads a trie written by :func:`save_trie`."""
+    with np.load(path) as f:
+        depth = sum(1 for k in f.files if k.startswith("offsets_"))
+        if "leaf_item" not in f.files or depth == 0:
+            raise ValueError(f"{path}: not a sidjax trie (needs leaf_item and offsets_<d> arrays)")
+        parts = {name: tuple(f[f"{name}_{d}"] for d in range(depth))
+                 for name in ("offsets", "codes", "child_codes", "child_nodes")}
+        return SIDTrie(parts["offsets"], parts["codes"], parts["child_codes"], parts["child_nodes"],
+                       f["leaf_item"])
+
+
+def node_of(trie: SIDTrie, prefix) -> int:
+    """Node id at depth ``len(prefix)`` of a SID prefix, or -1 when no item has that prefix."""
+    node = 0
+    for d, code in enumerate(prefix):
+        hit = np.flatnonzero(trie.child_codes[d][node] == code)
+        if not len(hit):
+            return -1
+        node = int(trie.child_nodes[d][node, hit[0]])
+    return node
+
+
+def child_mask(child_codes, nodes, num_codes: int):
+    """Valid-continuation mask ``[B, num_codes]`` of trie nodes ``[B]`` at one depth; jittable.
+
+    ``child_codes`` is that depth's padded ``[num_nodes, max_children]`` array (numpy or jax); a node
+    id of -1 (dead prefix) gives an all-False row.
+    """
+    import jax.numpy as jnp
+
+    child_codes = jnp.asarray(child_codes)
+    nodes = jnp.asarray(nodes)
+    rows = child_codes[jnp.maximum(nodes, 0)]
+    rows = jnp.where((nodes >= 0)[:, None], rows, -1)
+    hits = rows[:, :, None] == jnp.arange(num_codes)[None, None, :]
+    return jnp.any(hits, axis=1)

@@ -1,7 +1,13 @@
-"""Orbax checkpoints of training state (params, optimizer state, step), tied to a config hash."""
+"""Orbax checkpoints of training state (params, optimizer state, step), tied to a config hash.
+
+Restoring reads into the shardings of the target arrays, so a run saved on one mesh resumes on
+another (or on one device). A latest step that cannot be read (truncated or corrupted files) is
+reported and skipped: the previous good step is restored instead.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -29,6 +35,7 @@ def save(mngr: ocp.CheckpointManager, step: int, params, opt_state, config_hash:
 
 
 def _abstract(tree):
+    """Shape, dtype and sharding of every array (the restore target)."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
@@ -42,29 +49,52 @@ def check_hash(mngr: ocp.CheckpointManager, step: int, config_hash: str) -> None
             f"(hash {saved[:12]} != {config_hash[:12]}); use a new --workdir or the old config")
 
 
-def restore_latest(mngr: ocp.CheckpointManager, params, opt_state, config_hash: str):
-    """Returns ``(step, params, opt_state)`` from the latest checkpoint, or step 0 and the inputs."""
-    step = mngr.latest_step()
+def _restore_newest_good(mngr: ocp.CheckpointManager, items: dict, config_hash: str,
+                         log: Callable[[str], None] | None):
+    """``(step, restored items)`` of the newest step that reads back, or ``(None, None)``."""
+    steps = sorted(mngr.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
+        try:
+            check_hash(mngr, step, config_hash)
+            restored = mngr.restore(step, args=ocp.args.Composite(
+                **{k: ocp.args.StandardRestore(_abstract(v)) for k, v in items.items()}))
+        except ValueError as e:
+            if "another config" in str(e):
+                raise
+            error = e
+        except Exception as e:  # noqa: BLE001 - any read failure means a damaged step
+            error = e
+        else:
+            return step, restored
+        fallback = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else \
+            "no older checkpoint: starting from step 0"
+        (log or print)(f"checkpoint {mngr.directory}/{step} is damaged and was skipped "
+                       f"({type(error).__name__}: {str(error)[:200]}); {fallback}")
+    return None, None
+
+
+def restore_latest(mngr: ocp.CheckpointManager, params, opt_state, config_hash: str,
+                   log: Callable[[str], None] | None = None):
+    """Returns ``(step, params, opt_state)`` of the newest readable checkpoint, or step 0 and the
+    inputs. Arrays come back with the shapes, dtypes and shardings of ``params``/``opt_state``.
+    """
+    step, state = _restore_newest_good(mngr, {"params": params, "opt_state": opt_state},
+                                       config_hash, log)
     if step is None:
         return 0, params, opt_state
-    check_hash(mngr, step, config_hash)
-    state = mngr.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(_abstract(params)),
-        opt_state=ocp.args.StandardRestore(_abstract(opt_state))))
     return step, state["params"], state["opt_state"]
 
 
-def restore_params(directory: Path, params, config_hash: str = ""):
-    """``(step, params)`` of the latest checkpoint under ``directory``, shaped like ``params``."""
+def restore_params(directory: Path, params, config_hash: str = "",
+                   log: Callable[[str], None] | None = None):
+    """``(step, params)`` of the newest readable checkpoint under ``directory``, shaped (and
+    sharded) like ``params``."""
     mngr = manager(directory, 1)
     try:
-        step = mngr.latest_step()
+        step, state = _restore_newest_good(mngr, {"params": params}, config_hash, log)
         if step is None:
             raise FileNotFoundError(
-                f"no checkpoint under {directory}; train first with `sidjax train`")
-        check_hash(mngr, step, config_hash)
-        restored = mngr.restore(step, args=ocp.args.Composite(
-            params=ocp.args.StandardRestore(_abstract(params))))
-        return step, restored["params"]
+                f"no readable checkpoint under {directory}; train first with `sidjax train`")
+        return step, state["params"]
     finally:
         mngr.close()

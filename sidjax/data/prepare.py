@@ -1,0 +1,470 @@
+"""``sidjax prepare``: a dataset read once, cleaned, split and stored as a prepared folder.
+
+A prepared folder (format ``sidjax-prepared``, version 1) holds:
+
+``dataset.json``
+    name, counts (users, items, interactions, train/valid/test examples), the protocol, what was
+    dropped (short users, duplicate events, kcore rounds), how the vectors were made, the item text
+    template, the reader's provenance (input files with bytes and sha256) and the sha256 of every
+    other file in the folder. No time stamps and no output path, so re-running with the same inputs
+    and options gives byte-identical files.
+``users.json``
+    external user ids, in user-index order.
+``items.jsonl``
+    one ``{"id": ..., "text": ...}`` object per line, in item-index order (``text`` is ``""`` for a
+    catalog without text).
+``train.array_record``
+    one record per user, in user-index order: the training part of the user's chronological
+    history (everything but the last two items) as little-endian int32 item indices. ArrayRecord
+    with ``group_size:1``, readable with ``grain.sources.ArrayRecordDataSource`` (see
+    :func:`train_source`).
+``heldout.npy``
+    int32 ``[users, 2]``: the validation target (second-to-last item) and test target (last item).
+``item_vectors.npy``
+    float32 ``[items, d]`` content vectors for Semantic IDs.
+
+Protocol: per user chronological order; users with fewer than ``min_interactions`` (3) items are
+dropped (counted; an error in strict mode); leave-one-out split (last item = test target,
+second-to-last = validation target, the rest = training); ranking over all items. A duplicate event
+is an item that repeats the same user's immediately preceding item (the same event logged twice); it
+is dropped and counted (an error in strict mode).
+
+Item text template: ``"title; Brand:brand; Categories:categories; description"`` names the
+``item_fields`` to join, in order, separated by ``;``; ``Label:field`` prefixes the value with
+``Label:``. Empty values are skipped (see :func:`sidjax.data.sources.join_text`). The default
+(``None``) keeps the reader's own text, which is this template for LC-Rec data and
+``"title; Genres:genres"`` for MovieLens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sidjax.data import sources
+from sidjax.data.embed import collaborative_item_vectors, load_item_vectors
+from sidjax.data.types import InteractionData
+
+FORMAT = "sidjax-prepared"
+VERSION = 1
+MIN_INTERACTIONS = 3
+FILES = ("users.json", "items.jsonl", "train.array_record", "heldout.npy", "item_vectors.npy")
+PROTOCOL = (
+    "per user chronological; users with < {m} interactions dropped; leave-one-out: last item = "
+    "test target, second-to-last = validation target, rest = training; ranking over all items"
+)
+_ARRAY_RECORD_OPTIONS = "group_size:1"
+
+Encoder = Callable[[Sequence[str]], np.ndarray]
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def parse_template(template: str) -> list[tuple[str, str]]:
+    """``"title; Brand:brand"`` -> ``[("", "title"), ("Brand", "brand")]``: (label, field) pairs."""
+    out = []
+    for part in template.split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        label, _, field = part.rpartition(":")
+        out.append((label.strip(), field.strip()))
+    if not out:
+        raise ValueError(f"text template {template!r} names no fields; e.g. 'title; description'")
+    return out
+
+
+def render_texts(data: InteractionData, template: str | None) -> list[str]:
+    """Item texts: the reader's own (``template=None``) or ``template`` over ``item_fields``.
+
+    Raises ``ValueError`` naming the unknown fields and the available ones.
+    """
+    if template is None:
+        return list(data.item_text) if data.item_text is not None else [""] * data.num_items
+    pairs = parse_template(template)
+    fields = data.item_fields or {}
+    unknown = [f for _, f in pairs if f not in fields]
+    if unknown:
+        raise ValueError(
+            f"text template {template!r}: unknown field(s) {unknown}; this dataset has "
+            f"{sorted(fields) or 'no text fields'}"
+        )
+    return [
+        sources.join_text([(label, fields[f][i]) for label, f in pairs])
+        for i in range(data.num_items)
+    ]
+
+
+def clean_sequences(
+    data: InteractionData, *, min_interactions: int = MIN_INTERACTIONS, strict: bool = False
+) -> tuple[InteractionData, dict[str, int]]:
+    """Drops duplicate events and users with fewer than ``min_interactions`` items.
+
+    Returns the cleaned data (item catalog unchanged) and ``{"duplicate_events": n,
+    "short_users": n}``. In strict mode either problem raises ``ValueError`` naming the first user.
+    """
+    sequences, users, dup_total, short = [], [], 0, []
+    for uid, seq in zip(data.user_ids, data.sequences, strict=True):
+        seq = np.asarray(seq, np.int32)
+        repeat = np.zeros(len(seq), bool)
+        repeat[1:] = seq[1:] == seq[:-1]
+        if repeat.any():
+            if strict:
+                at = int(np.argmax(repeat))
+                raise ValueError(
+                    f"user {uid!r}: duplicate event (item {data.item_ids[seq[at]]!r} twice in a "
+                    f"row at positions {at - 1} and {at}); deduplicate the log or drop strict"
+                )
+            dup_total += int(repeat.sum())
+            seq = seq[~repeat]
+        if len(seq) < min_interactions:
+            short.append(uid)
+            continue
+        sequences.append(seq)
+        users.append(uid)
+    if short and strict:
+        raise ValueError(
+            f"{len(short)} user(s) have fewer than {min_interactions} interactions (first: "
+            f"{short[0]!r}); leave-one-out needs {min_interactions}: filter them or drop strict"
+        )
+    if not sequences:
+        raise ValueError(
+            f"{data.provenance.get('source', data.name)}: empty dataset: no user has "
+            f"{min_interactions} or more interactions ({data.num_users} users read)"
+        )
+    cleaned = dataclasses.replace(data, sequences=sequences, user_ids=users)
+    return cleaned, {"duplicate_events": dup_total, "short_users": len(short)}
+
+
+def _item_vectors(
+    data: InteractionData, train: list[np.ndarray], texts: list[str], vectors: str, *,
+    vector_dim: int, seed: int, encoder: Encoder | None, strict: bool,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    has_text = sum(bool(t) for t in texts)
+    if vectors == "auto":
+        vectors = "text" if has_text else "collab"
+    if vectors == "collab":
+        out = collaborative_item_vectors(train, data.num_items, dim=vector_dim, seed=seed)
+        info = {"kind": "collab", "method": "PPMI co-occurrence (window 5) + truncated SVD, training "
+                "interactions only", "dim": vector_dim, "seed": seed}
+    elif vectors == "text":
+        if not has_text:
+            raise ValueError(
+                f"vectors='text' but no item has text in {data.name}; use vectors='collab' or a "
+                "vector file"
+            )
+        missing = [data.item_ids[i] for i, t in enumerate(texts) if not t]
+        if missing and strict:
+            raise ValueError(
+                f"{len(missing)} item(s) have no text (first: {missing[0]!r}); fill the text "
+                "fields, change the template, or drop strict"
+            )
+        if encoder is None:
+            from sidjax.text.minilm import encode_texts as encoder
+        out = np.asarray(encoder(texts), np.float32)
+        info = {"kind": "text", "encoder": "all-MiniLM-L6-v2 (sidjax.text.minilm)",
+                "items_without_text": len(missing)}
+    else:
+        path = Path(vectors)
+        out = load_item_vectors(path, data.item_ids)
+        info = {"kind": "file", "file": path.name, "sha256": _sha256(path)}
+    if out.shape[0] != data.num_items or out.ndim != 2 or not np.isfinite(out).all():
+        raise ValueError(
+            f"item vectors ({info['kind']}) have shape {out.shape} or non-finite values; expected "
+            f"finite [{data.num_items}, d]"
+        )
+    info["dim"] = int(out.shape[1])
+    return out.astype(np.float32), info
+
+
+def _write_array_record(path: Path, sequences: Sequence[np.ndarray]) -> None:
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    writer = ArrayRecordWriter(str(path), _ARRAY_RECORD_OPTIONS)
+    try:
+        for seq in sequences:
+            writer.write(np.asarray(seq, "<i4").tobytes())
+    finally:
+        writer.close()
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def _write_folder(tmp: Path, data: InteractionData, texts: list[str], vectors: np.ndarray,
+                  meta: dict[str, Any]) -> None:
+    seqs = data.sequences
+    (tmp / "users.json").write_text(json.dumps(list(data.user_ids), ensure_ascii=False) + "\n",
+                                    encoding="utf-8")
+    with (tmp / "items.jsonl").open("w", encoding="utf-8", newline="\n") as f:
+        for item_id, text in zip(data.item_ids, texts, strict=True):
+            f.write(json.dumps({"id": item_id, "text": text}, ensure_ascii=False) + "\n")
+    _write_array_record(tmp / "train.array_record", [s[:-2] for s in seqs])
+    _save_npy(tmp / "heldout.npy", np.array([s[-2:] for s in seqs], np.int32).reshape(-1, 2))
+    _save_npy(tmp / "item_vectors.npy", vectors)
+    meta["sha256"] = {name: _sha256(tmp / name) for name in FILES}
+    (tmp / "dataset.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n",
+                                      encoding="utf-8")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Renames the finished ``tmp`` folder to ``out`` (an existing ``out`` only if ``overwrite``)."""
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.replace(tmp, out)
+
+
+def prepare_dataset(
+    source_path: str | Path,
+    out_dir: str | Path,
+    *,
+    fmt: str = "auto",
+    kcore: tuple[int, int] | int | None = None,
+    text_template: str | None = None,
+    vectors: str = "auto",
+    vector_dim: int = 64,
+    seed: int = 0,
+    min_interactions: int = MIN_INTERACTIONS,
+    strict: bool = False,
+    overwrite: bool = False,
+    encoder: Encoder | None = None,
+    reader_args: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Reads, cleans, splits and writes a prepared dataset folder atomically; returns its metadata.
+
+    Args:
+      source_path: dataset folder or file for :func:`sidjax.data.sources.load_dataset`.
+      out_dir: folder to create. It is built in a temporary folder beside it and renamed when
+        complete, so a failure leaves nothing behind.
+      fmt: reader format (``auto``, ``movielens``, ``p5``, ``lcrec``, ``table``).
+      kcore: ``(user_min, item_min)`` or one int for both: iterated k-core filter before cleaning.
+      text_template: item text template (module docstring); ``None`` keeps the reader's text.
+      vectors: ``"auto"`` (text if any item has text, else collab), ``"text"`` (MiniLM),
+        ``"collab"`` (PPMI + SVD of training co-occurrences) or a ``.npy``/``.npz`` vector file.
+      vector_dim, seed: size and seed of collaborative vectors.
+      min_interactions: users with fewer items are dropped (or an error if ``strict``).
+      strict: raise on short users, duplicate events and (text vectors) items without text.
+      overwrite: replace an existing ``out_dir``.
+      encoder: texts -> vectors function; default :func:`sidjax.text.encode_texts`.
+      reader_args: extra keyword arguments for the reader (``read_table``'s column names).
+    """
+    source_path, out = Path(source_path), Path(out_dir)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    raw = sources.load_dataset(source_path, fmt, **(reader_args or {}))
+    if kcore is not None:
+        user_min, item_min = (kcore, kcore) if isinstance(kcore, int) else kcore
+        raw = sources.kcore(raw, user_min, item_min)
+    data, dropped = clean_sequences(raw, min_interactions=min_interactions, strict=strict)
+    texts = render_texts(data, text_template)
+    train = [s[:-2] for s in data.sequences]
+    vecs, vec_info = _item_vectors(data, train, texts, vectors, vector_dim=vector_dim, seed=seed,
+                                   encoder=encoder, strict=strict)
+    counts = data.counts()
+    counts.update(train_interactions=int(sum(len(s) for s in train)), valid=data.num_users,
+                  test=data.num_users)
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "name": data.name,
+        "counts": counts,
+        "read_counts": raw.counts(),
+        "dropped": dropped,
+        "min_interactions": min_interactions,
+        "protocol": PROTOCOL.format(m=min_interactions),
+        "text_template": text_template,
+        "items_without_text": sum(not t for t in texts),
+        "vectors": vec_info,
+        "provenance": raw.provenance,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        _write_folder(tmp, data, texts, vecs, meta)
+        _publish(tmp, out, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def is_prepared(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by :func:`prepare_dataset`."""
+    meta = Path(path) / "dataset.json"
+    if not meta.is_file():
+        return False
+    try:
+        return json.loads(meta.read_text(encoding="utf-8")).get("format") == FORMAT
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """``dataset.json`` of a prepared folder, checked for format and version."""
+    meta_path = Path(path) / "dataset.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: not found; is {path} a folder from `sidjax prepare`?")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{meta_path}: not valid UTF-8 JSON ({e}); re-run sidjax prepare") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise ValueError(
+            f"{meta_path}: expected format {FORMAT!r} version {VERSION}, got "
+            f"{meta.get('format')!r} version {meta.get('version')!r}; re-run sidjax prepare"
+        )
+    return meta
+
+
+def train_source(path: str | Path) -> Any:
+    """Random-access grain source of the training sequences: ``source[u]`` is int32 ``[n_u]``."""
+    import grain
+
+    from sidjax.data.pipeline import decode_int32
+
+    records = grain.sources.ArrayRecordDataSource([str(Path(path) / "train.array_record")])
+    return grain.MapDataset.source(records).map(decode_int32)
+
+
+def read_train_sequences(path: str | Path) -> list[np.ndarray]:
+    """All training sequences of a prepared folder, read in one pass (user-index order)."""
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    from sidjax.data.pipeline import decode_int32
+
+    reader = ArrayRecordReader(str(Path(path) / "train.array_record"))
+    try:
+        return [decode_int32(r) for r in reader.read_all()]
+    finally:
+        reader.close()
+
+
+def load_prepared(path: str | Path, *, verify: bool = True) -> InteractionData:
+    """The :class:`InteractionData` of a prepared folder (full sequences, ``item_vectors`` filled).
+
+    ``leave_one_out(data.sequences)`` reproduces the stored split. With ``verify`` every file is
+    checked against the sha256 in ``dataset.json`` (a clear error names a changed file).
+    """
+    root = Path(path)
+    meta = read_metadata(root)
+    for name in FILES:
+        if not (root / name).is_file():
+            raise FileNotFoundError(f"{root / name}: missing from the prepared folder; re-run prepare")
+        if verify and _sha256(root / name) != meta["sha256"][name]:
+            raise ValueError(f"{root / name}: sha256 differs from dataset.json; re-run prepare")
+    users = json.loads((root / "users.json").read_text(encoding="utf-8"))
+    items = [json.loads(line) for line in (root / "items.jsonl").read_text("utf-8").splitlines()]
+    heldout = np.load(root / "heldout.npy", allow_pickle=False)
+    train = read_train_sequences(root)
+    if len(train) != len(users) or heldout.shape != (len(users), 2):
+        raise ValueError(f"{root}: users.json, train.array_record and heldout.npy disagree in size")
+    sequences = [np.concatenate([train[u], heldout[u]]).astype(np.int32) for u in range(len(users))]
+    texts = [it["text"] for it in items]
+    provenance = {**meta["provenance"], "prepared": str(root), "prepared_counts": meta["counts"]}
+    return InteractionData(
+        name=meta["name"],
+        sequences=sequences,
+        user_ids=users,
+        item_ids=[it["id"] for it in items],
+        item_text=texts if any(texts) else None,
+        item_vectors=np.load(root / "item_vectors.npy", allow_pickle=False),
+        provenance=provenance,
+    )
+
+
+def add_prepare_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Adds the ``prepare`` sub-command to an ``argparse`` sub-parsers object."""
+    p = subparsers.add_parser(
+        "prepare", help="read a dataset, split it and write a prepared folder",
+        description="Read a dataset (MovieLens, Amazon P5, LC-Rec JSON or a CSV/TSV/Parquet table), "
+        "drop users with < 3 interactions and duplicate events, split leave-one-out, compute item "
+        "vectors and write a prepared folder that `--set data.source=DIR` can train on.")
+    p.add_argument("--source", default="auto", choices=["auto", "movielens", "p5", "lcrec", "table"])
+    p.add_argument("--path", required=True, help="dataset folder or file")
+    p.add_argument("--out", required=True, help="prepared folder to write (atomically)")
+    p.add_argument("--vectors", default="auto",
+                   help="auto | text | collab | PATH (.npy in item order, or .npz with ids/vectors)")
+    p.add_argument("--vector-dim", type=int, default=64, help="size of collaborative vectors")
+    p.add_argument("--text-template", default=None,
+                   help="item text fields, e.g. "
+                   "'title; Brand:brand; Categories:categories; description'")
+    p.add_argument("--kcore", type=int, nargs="+", default=None, metavar="N",
+                   help="k-core filter: one N for users and items, or USER_MIN ITEM_MIN")
+    p.add_argument("--min-interactions", type=int, default=MIN_INTERACTIONS)
+    p.add_argument("--strict", action="store_true", help="error on short users / duplicates")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("table format")
+    g.add_argument("--user-col", default="user")
+    g.add_argument("--item-col", default="item")
+    g.add_argument("--time-col", default="timestamp", help="'' to keep file order")
+    g.add_argument("--items", default=None, help="item table file (CSV/TSV/Parquet)")
+    g.add_argument("--item-id-col", default=None)
+    g.add_argument("--text-cols", default="", help="comma-separated text columns of --items")
+    return p
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """Runs ``sidjax prepare``; prints the counts and returns the exit code.
+
+    An existing ``--out`` without ``--overwrite`` prints an error and returns 2; bad input raises
+    ``ValueError`` / ``FileNotFoundError`` (the CLI prints those as ``sidjax prepare: error: ...``).
+    """
+    fmt = args.source
+    if fmt == "auto":
+        fmt = sources.detect_format(args.path)
+    reader_args = {}
+    if fmt == "table":
+        reader_args = dict(user_col=args.user_col, item_col=args.item_col,
+                           time_col=args.time_col or None, items_path=args.items,
+                           item_id_col=args.item_id_col,
+                           text_cols=[c for c in args.text_cols.split(",") if c])
+    kcore = None
+    if args.kcore:
+        if len(args.kcore) > 2:
+            raise ValueError(f"--kcore takes 1 or 2 numbers, got {args.kcore}")
+        kcore = tuple(args.kcore) if len(args.kcore) == 2 else args.kcore[0]
+    try:
+        meta = prepare_dataset(args.path, args.out, fmt=fmt, kcore=kcore,
+                               text_template=args.text_template, vectors=args.vectors,
+                               vector_dim=args.vector_dim, seed=args.seed,
+                               min_interactions=args.min_interactions, strict=args.strict,
+                               overwrite=args.overwrite, reader_args=reader_args)
+    except FileExistsError as err:
+        print(f"sidjax prepare: error: {err}", file=sys.stderr)
+        return 2
+    c, d = meta["counts"], meta["dropped"]
+    print(f"{meta['name']}: {c['users']} users, {c['items']} items, {c['interactions']} "
+          f"interactions (read {meta['read_counts']['users']} users; dropped {d['short_users']} "
+          f"with < {meta['min_interactions']} items, {d['duplicate_events']} duplicate events); "
+          f"vectors {meta['vectors']['kind']} [{c['items']}, {meta['vectors']['dim']}] -> {args.out}")
+    return 0

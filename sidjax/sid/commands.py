@@ -1,0 +1,260 @@
+"""`sidjax sids build` / `sidjax sids inspect`: SID artifacts as importable functions, argparse wiring.
+
+A build folder holds ``sids.npz`` (the SID table, :func:`~sidjax.sid.table.load_sid_table`),
+``quantizer.npz``, ``trie.npz``, ``sid_stats.json`` (config, sha256 of the input vectors, diagnostics)
+and ``titles.json`` when titles are known. The table is the archived artifact: the same inputs and seed
+give the same SIDs on the same platform, but SIDs may change across hardware.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sidjax.sid import quantizer as quant
+from sidjax.sid import rqkmeans, rqvae
+from sidjax.sid.diagnostics import sid_diagnostics
+from sidjax.sid.reassign import reassign_collisions
+from sidjax.sid.table import (
+    SIDTable,
+    add_collision_level,
+    check_item_ids,
+    load_sid_table,
+    save_sid_table,
+)
+from sidjax.sid.trie import build_trie, save_trie
+
+METHODS = {"rqkmeans": (rqkmeans, rqkmeans.RQKMeansConfig), "rqvae": (rqvae, rqvae.RQVAEConfig)}
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def vectors_sha256(vectors: np.ndarray) -> str:
+    """sha256 of the float32 vectors (C order) and their shape."""
+    x = np.ascontiguousarray(vectors, np.float32)
+    h = hashlib.sha256(repr(x.shape).encode())
+    h.update(x.tobytes())
+    return h.hexdigest()
+
+
+def _load_vectors(source, item_ids) -> np.ndarray:
+    if isinstance(source, (str, Path)):
+        from sidjax.data.embed import load_item_vectors
+
+        return load_item_vectors(source, item_ids)
+    return np.asarray(source, np.float32)
+
+
+def build_sids(vectors_path_or_array, item_ids, *, method: str = "rqkmeans", levels: int = 3,
+               codes: int | tuple[int, ...] = 256, out_dir, seed: int = 0, reassign: bool = True,
+               item_titles=None, log=print, **options) -> dict:
+    """Builds unique SIDs and writes the artifacts of the folder ``out_dir``; returns the stats.
+
+    Args:
+      vectors_path_or_array: ``[N, D]`` array or a ``.npy`` / ``.npz`` file (see
+        :func:`sidjax.data.embed.load_item_vectors`).
+      item_ids: the N unique external item ids.
+      method: ``"rqkmeans"`` or ``"rqvae"``.
+      reassign: zero-collision reassignment (extra level only for prefixes without free codes);
+        ``False`` always appends the collision level.
+      item_titles: optional N titles, saved for ``inspect``.
+      options: other fields of :class:`~sidjax.sid.rqkmeans.RQKMeansConfig` or
+        :class:`~sidjax.sid.rqvae.RQVAEConfig` (``iters``, ``balanced``, ``steps``, ...).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}; use one of {sorted(METHODS)}")
+    module, config_cls = METHODS[method]
+    x = rqkmeans.check_vectors(_load_vectors(vectors_path_or_array, item_ids))
+    ids = check_item_ids(item_ids, len(x))
+    if item_titles is not None and len(item_titles) != len(ids):
+        raise ValueError(f"{len(item_titles)} titles for {len(ids)} items")
+    cfg = config_cls(levels=levels, codes=codes, seed=seed, **options)
+    ks = cfg.codes_per_level()
+    t0 = time.perf_counter()
+    q, base = module.fit_with_codes(x, cfg)
+    fit_s = time.perf_counter() - t0
+    moved, cost = 0, 0.0
+    if reassign:
+        res = reassign_collisions(base, module.residuals_before(q, x, base, levels - 1), q.codebooks[-1])
+        full, moved, cost = res.codes, res.moved, res.cost
+    else:
+        full = add_collision_level(base)
+    per_level = ks + ((int(full[:, -1].max()) + 1,) if full.shape[1] > levels else ())
+    table = SIDTable(full.astype(np.int32), per_level, ids)
+    diag = sid_diagnostics(base, full, per_level, x, module.reconstruct(q, full[:, :levels]),
+                           moved=moved, move_cost=cost)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_sid_table(table, out / "sids.npz")
+    quant.save_quantizer(q, out / "quantizer.npz")
+    save_trie(build_trie(table.codes), out / "trie.npz")
+    if item_titles is not None:
+        _write_json(out / "titles.json", [str(t) for t in item_titles])
+    stats = {"method": method, "config": {k: v for k, v in vars(cfg).items()},
+             "vectors_sha256": vectors_sha256(x), "num_items": len(ids), "dim": int(x.shape[1]),
+             "extra_level": bool(full.shape[1] > levels), "fit_seconds": round(fit_s, 3),
+             "table_sha256": table.content_hash(), "diagnostics": diag}
+    if method == "rqvae":
+        stats["training_log"] = q.log
+    _write_json(out / "sid_stats.json", stats)
+    log(f"built {method} SIDs for {len(ids)} items in {fit_s:.1f}s: levels {per_level}, collision rate "
+        f"before dedup {diag['collision_rate_before_dedup']:.4f}, moved {moved} -> {out}")
+    return stats
+
+
+def _stats_table(stats: dict) -> str:
+    d = stats["diagnostics"]
+    lines = ["| level | K | used | utilization | perplexity | prefixes | largest group | median group |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in d["levels"]:
+        lines.append(f"| {s['level']} | {s['codes']} | {s['used']} | {s['utilization']:.3f} | "
+                     f"{s['perplexity']:.1f} | {s['prefixes']} | {s['largest_group']} | "
+                     f"{s['median_group']:g} |")
+    head = (f"method {stats['method']}, {stats['num_items']} items, dim {stats['dim']}, vectors sha256 "
+            f"{stats['vectors_sha256'][:16]}...\ncollision rate before dedup "
+            f"{d['collision_rate_before_dedup']:.4f}, items moved {d['items_moved']} "
+            f"({d['share_moved']:.2%}, cost {d['move_cost']:.4g}), extra level {stats['extra_level']}, "
+            f"reconstruction mse {d.get('reconstruction_mse', float('nan')):.4g}")
+    return head + "\n" + "\n".join(lines)
+
+
+def _branches(codes: np.ndarray, titles, examples: int, per_branch: int = 4) -> str:
+    """The ``examples`` largest level-1 branches; under each, its largest level-2 groups' items."""
+    out = []
+    top, counts = np.unique(codes[:, 0], return_counts=True)
+    for c1 in top[np.argsort(-counts, kind="stable")][:examples]:
+        rows = np.flatnonzero(codes[:, 0] == c1)
+        out.append(f"({c1}, ...): {len(rows)} items")
+        if codes.shape[1] < 2:
+            continue
+        sub, sub_counts = np.unique(codes[rows, 1], return_counts=True)
+        for c2 in sub[np.argsort(-sub_counts, kind="stable")][:3]:
+            members = rows[codes[rows, 1] == c2]
+            out.append(f"  ({c1}, {c2}, ...): {len(members)} items")
+            for i in members[:per_branch]:
+                sid = ", ".join(str(v) for v in codes[i])
+                title = "" if titles is None else str(titles[i])
+                title = title if len(title) <= 90 else title[:87] + "..."
+                out.append(f"    ({sid}) {title}".rstrip())
+    return "\n".join(out)
+
+
+def plot_code_usage(codes: np.ndarray, codes_per_level, path) -> None:
+    """PNG bar plot of item count per code, one panel per level (codes sorted by count)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(codes_per_level)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3), squeeze=False)
+    for lv, (ax, k) in enumerate(zip(axes[0], codes_per_level)):
+        counts = np.sort(np.bincount(codes[:, lv], minlength=int(k)))[::-1]
+        ax.bar(np.arange(len(counts)), counts, width=1.0)
+        ax.set_title(f"level {lv + 1}: {np.sum(counts > 0)}/{k} codes used")
+        ax.set_xlabel("code (sorted by count)")
+        ax.set_ylabel("items")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def inspect_sids(sid_dir, item_titles=None, *, examples: int = 3, plot: bool = True) -> str:
+    """Stats table and a few example branches (with titles) of a build folder; writes
+    ``code_usage.png`` there when ``plot``."""
+    sid_dir = Path(sid_dir)
+    stats_path = sid_dir / "sid_stats.json"
+    if not stats_path.is_file():
+        raise FileNotFoundError(f"{stats_path} not found; build SIDs with "
+                                f"`sidjax sids build --out {sid_dir}`")
+    stats = json.loads(stats_path.read_text())
+    table = load_sid_table(sid_dir / "sids.npz")
+    if item_titles is None and (sid_dir / "titles.json").is_file():
+        item_titles = json.loads((sid_dir / "titles.json").read_text())
+    branches = _branches(table.codes, item_titles, examples)
+    text = _stats_table(stats) + "\n\nexample branches:\n" + branches
+    if plot:
+        plot_code_usage(table.codes, table.codes_per_level, sid_dir / "code_usage.png")
+        text += f"\n\ncode usage plot: {sid_dir / 'code_usage.png'}"
+    return text
+
+
+def _codes_arg(text: str) -> int | tuple[int, ...]:
+    parts = [int(p) for p in text.split(",")]
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def add_sids_parser(subparsers) -> argparse.ArgumentParser:
+    """Registers ``sids build`` and ``sids inspect`` on an argparse subparsers object."""
+    p = subparsers.add_parser("sids", help="build and inspect Semantic IDs")
+    sub = p.add_subparsers(dest="sids_command", required=True)
+    b = sub.add_parser("build", help="quantize item vectors into unique SIDs")
+    b.add_argument("--data", required=True, help="dataset folder (any format load_dataset reads)")
+    b.add_argument("--format", default="auto", help="dataset format (default: detect)")
+    b.add_argument("--vectors", help=".npy/.npz item vectors; default: collaborative vectors of the "
+                   "leave-one-out training split")
+    b.add_argument("--text", action="store_true", help="embed item text with MiniLM instead")
+    b.add_argument("--method", choices=sorted(METHODS), default="rqkmeans")
+    b.add_argument("--levels", type=int, default=3)
+    b.add_argument("--codes", type=_codes_arg, default=256, help="K per level: 256 or 256,256,128")
+    b.add_argument("--out", required=True)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--no-reassign", action="store_true", help="always append a collision level")
+    b.add_argument("--balanced", action="store_true", help="rqkmeans: cap items per code")
+    b.add_argument("--slack", type=float, default=0.0)
+    b.add_argument("--iters", type=int, default=25, help="rqkmeans Lloyd iterations")
+    b.add_argument("--steps", type=int, default=2000, help="rqvae training steps")
+    i = sub.add_parser("inspect", help="print SID stats and example branches, plot code usage")
+    i.add_argument("dir")
+    i.add_argument("--examples", type=int, default=3)
+    i.add_argument("--no-plot", action="store_true")
+    return p
+
+
+def _data_vectors(args) -> tuple[np.ndarray, list[str], list[str] | None]:
+    from sidjax.data.sources import load_dataset
+
+    data = load_dataset(args.data, args.format)
+    titles = (data.item_fields or {}).get("title") or data.item_text
+    if args.vectors:
+        from sidjax.data.embed import load_item_vectors
+
+        return load_item_vectors(args.vectors, data.item_ids), data.item_ids, titles
+    if args.text:
+        if data.item_text is None:
+            raise ValueError(f"{args.data}: the dataset has no item text; pass --vectors FILE instead")
+        from sidjax.text import encode_texts
+
+        return encode_texts(data.item_text), data.item_ids, titles
+    from sidjax.data.embed import collaborative_item_vectors
+    from sidjax.data.split import leave_one_out
+
+    train = leave_one_out(data.sequences).train
+    return collaborative_item_vectors(train, data.num_items, seed=args.seed), data.item_ids, titles
+
+
+def run_sids(args) -> int:
+    """Runs the ``sids`` subcommand parsed by :func:`add_sids_parser`; returns the exit code."""
+    if args.sids_command == "inspect":
+        print(inspect_sids(args.dir, examples=args.examples, plot=not args.no_plot))
+        return 0
+    vectors, ids, titles = _data_vectors(args)
+    options = ({"iters": args.iters, "balanced": args.balanced, "slack": args.slack}
+               if args.method == "rqkmeans" else {"steps": args.steps})
+    build_sids(vectors, ids, method=args.method, levels=args.levels, codes=args.codes, out_dir=args.out,
+               seed=args.seed, reassign=not args.no_reassign, item_titles=titles, **options)
+    print(inspect_sids(args.out, plot=False))
+    return 0
