@@ -23,6 +23,7 @@ commands:
             a prepared folder (item table, content vectors, ArrayRecord sequences) usable as
             data.source
   pretrain-mem  pre-train PrefixMem alone (next code, content alignment, co-engagement)
+  recommend top-k items (with scores and titles) for given histories, from a trained --workdir
   sids      build Semantic IDs for a dataset (residual k-means or RQ-VAE) and inspect them
 """
 
@@ -88,11 +89,48 @@ def build_parser() -> argparse.ArgumentParser:
     from sidjax.sid.commands import add_sids_parser
 
     add_sids_parser(sub)
+    p = sub.add_parser("recommend", help="recommend items for histories with a trained model")
+    p.add_argument("--workdir", required=True)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--history", help="comma-separated item ids, oldest first")
+    group.add_argument("--users", help="a text file with one history per line (ids separated by "
+                                        "commas or spaces)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--out", help="write JSON lines here (atomically) instead of stdout")
+    p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("eval", help="evaluate the latest checkpoint in --workdir")
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", choices=("valid", "test"), default="test")
     p.add_argument("--quiet", action="store_true")
     return parser
+
+
+def _read_histories(args) -> list[list[str]]:
+    if args.history is not None:
+        return [[i.strip() for i in args.history.split(",") if i.strip()]]
+    path = Path(args.users)
+    if not path.is_file():
+        raise FileNotFoundError(f"--users file {path} not found")
+    return [line.replace(",", " ").split() for line in path.read_text().splitlines()]
+
+
+def _recommend(args, experiment, log) -> int:
+    from sidjax.decode.recommend import recommend_for_histories
+
+    workdir = Path(args.workdir)
+    cfg = config_lib.read_config(workdir / "config.json")
+    prep = experiment.prepare(cfg, workdir, log)
+    model = experiment.load_model(prep, workdir)
+    recs = recommend_for_histories(model, prep, _read_histories(args), args.k)
+    lines = "".join(json.dumps(r) + "\n" for r in recs)
+    if args.out:
+        tmp = Path(f"{args.out}.tmp")
+        tmp.write_text(lines)
+        tmp.replace(args.out)
+        print(f"wrote {len(recs)} recommendation lists to {args.out}")
+    else:
+        print(lines, end="")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -131,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             bar = progress(f"train {cfg.name}", cfg.train.steps) if progress else None
             experiment.train_model(prep, Path(args.workdir), log=log, progress=bar)
             print(f"trained {cfg.train.steps} steps; checkpoints in {args.workdir}/checkpoints")
+        elif args.command == "recommend":
+            return _recommend(args, experiment, log)
         elif args.command == "eval":
             workdir = Path(args.workdir)
             cfg = config_lib.read_config(workdir / "config.json")

@@ -25,10 +25,17 @@ from sidjax.data.pipeline import SIDVocab, eval_arrays, train_dataset
 from sidjax.data.split import Split, item_counts, leave_one_out
 from sidjax.data.synthetic import synthetic_catalog
 from sidjax.data.types import InteractionData
-from sidjax.decode.beam import recommend
+from sidjax.decode.beam import greedy, recommend
 from sidjax.decode.scoring import score_sids
 from sidjax.eval import stats
-from sidjax.eval.metrics import popularity_level_accuracy, popularity_ranking, ranks_of_targets
+from sidjax.eval.metrics import (
+    full_sid_correct,
+    history_lengths,
+    popularity_level_accuracy,
+    popularity_ranking,
+    ranks_of_targets,
+)
+from sidjax.eval.report import comparison_report, per_user_values
 from sidjax.nn.model import SIDRecommender, count_params
 from sidjax.sid.table import SIDTable, build_sid_table, load_sid_table, save_sid_table
 from sidjax.sid.trie import SIDTrie, build_trie
@@ -160,9 +167,9 @@ def load_model(prep: Prepared, workdir: Path) -> nnx.Module:
     return nnx.merge(graphdef, params)
 
 
-def level_accuracy(model: nnx.Module, prep: Prepared, arrays: dict, targets: np.ndarray,
-                   batch_size: int) -> list[float]:
-    """Teacher-forced accuracy of each SID level on the target items."""
+def level_correct(model: nnx.Module, prep: Prepared, arrays: dict, targets: np.ndarray,
+                  batch_size: int) -> np.ndarray:
+    """Per user and SID level, whether the teacher-forced argmax code is the target's: bool [U, L]."""
     graphdef, state = nnx.split(model)
     target_codes = prep.sids.codes[targets]
     correct = []
@@ -171,11 +178,13 @@ def level_accuracy(model: nnx.Module, prep: Prepared, arrays: dict, targets: np.
         _, preds = score_sids(graphdef, state, arrays["tokens"][sl], arrays["codes"][sl],
                               arrays["levels"][sl], target_codes[sl], vocab=prep.vocab)
         correct.append(np.asarray(preds) == target_codes[sl])
-    return np.concatenate(correct).mean(axis=0).tolist()
+    return np.concatenate(correct)
 
 
-def evaluate(model: nnx.Module, prep: Prepared, split: str = "test", progress=None) -> dict:
-    """Recall/NDCG over all items by trie-constrained beam search, plus per-level accuracy."""
+def evaluate_detailed(model: nnx.Module, prep: Prepared, split: str = "test",
+                      progress=None) -> tuple[dict, dict[str, np.ndarray]]:
+    """:func:`evaluate` plus the per-user arrays (ranks, greedy and per-level correctness) that
+    bootstrap intervals, paired tests and hard-example slices are computed from."""
     ecfg = prep.cfg.eval
     eval_set = prep.split.eval_set(split)
     arrays = eval_arrays(eval_set.histories, prep.sids.codes, prep.vocab, prep.cfg.data.max_history)
@@ -184,16 +193,28 @@ def evaluate(model: nnx.Module, prep: Prepared, split: str = "test", progress=No
                          batch_size=ecfg.batch_size, progress=progress)
     decode_s = time.perf_counter() - t0
     ranks = ranks_of_targets(items, eval_set.targets)
+    levels_ok = level_correct(model, prep, arrays, eval_set.targets, ecfg.batch_size)
+    greedy_codes, _ = greedy(model, prep.trie, arrays, prep.vocab, constrained=False,
+                             batch_size=ecfg.batch_size)
+    greedy_ok = full_sid_correct(greedy_codes, prep.sids.codes[eval_set.targets])
     result = stats.summarize(ranks, ks=ecfg.top_k)
-    result["level_accuracy"] = level_accuracy(model, prep, arrays, eval_set.targets,
-                                              ecfg.batch_size)
-    result.update(users=len(ranks), split=split, users_per_s=len(ranks) / decode_s,
+    result["level_accuracy"] = levels_ok.mean(axis=0).tolist()
+    result.update(greedy_accuracy=float(greedy_ok.mean()), users=len(ranks), split=split,
+                  users_per_s=len(ranks) / decode_s,
                   invalid_rate=float(np.mean(items[:, :max(ecfg.top_k)] < 0)))
-    return result
+    per_user = per_user_values(ranks, greedy_correct=greedy_ok, level_correct=levels_ok,
+                               ks=ecfg.top_k)
+    return result, per_user
 
 
-def evaluate_popularity(prep: Prepared, split: str = "test") -> dict:
-    """The same metrics for the most-popular-items baseline."""
+def evaluate(model: nnx.Module, prep: Prepared, split: str = "test", progress=None) -> dict:
+    """Recall/NDCG over all items by trie-constrained beam search, per-level (teacher-forced) and
+    greedy full-SID accuracy."""
+    return evaluate_detailed(model, prep, split, progress)[0]
+
+
+def evaluate_popularity(prep: Prepared, split: str = "test") -> tuple[dict, dict[str, np.ndarray]]:
+    """The same metrics for the most-popular-items baseline, and its per-user arrays."""
     eval_set = prep.split.eval_set(split)
     top = popularity_ranking(prep.counts, max(prep.cfg.eval.top_k))
     ranks = ranks_of_targets(np.broadcast_to(top, (len(eval_set), len(top))), eval_set.targets)
@@ -201,7 +222,7 @@ def evaluate_popularity(prep: Prepared, split: str = "test") -> dict:
     result["level_accuracy"] = popularity_level_accuracy(prep.sids.codes, prep.counts,
                                                          eval_set.targets)
     result.update(users=len(ranks), split=split)
-    return result
+    return result, per_user_values(ranks, ks=prep.cfg.eval.top_k)
 
 
 def results_table(results: dict[str, dict], ks=(5, 10)) -> str:
@@ -250,6 +271,8 @@ def write_report(workdir: Path, cfg: Config, results: dict[str, dict], extra: di
                      f"{info['users_per_s']:.0f} |")
     lines += ["", f"Hardware: {extra['hardware']}. Steps per model: {cfg.train.steps}, batch "
               f"{cfg.train.batch_size}.", ""]
+    if extra.get("analysis"):
+        lines += ["## Intervals, paired test, hard examples, breakdowns", "", extra["analysis"], ""]
     path = Path(workdir) / "report.md"
     tmp = Path(f"{path}.tmp")
     tmp.write_text("\n".join(lines))
@@ -267,7 +290,8 @@ def run_compare(cfg: Config, workdir: Path, log: Log = print, progress_factory=N
     workdir.mkdir(parents=True, exist_ok=True)
     config_lib.save_config(cfg, workdir / "config.json")
     prep = prepare(cfg, workdir, log)
-    results = {"popularity": evaluate_popularity(prep, cfg.eval.split)}
+    results, per_user = {}, {}
+    results["popularity"], per_user["popularity"] = evaluate_popularity(prep, cfg.eval.split)
     models = {}
     for use_pm in (False, True):
         sub_cfg = variant(cfg, use_pm)
@@ -282,8 +306,9 @@ def run_compare(cfg: Config, workdir: Path, log: Log = print, progress_factory=N
         train_s = time.perf_counter() - t0
         bar = progress_factory(f"eval {name}", len(prep.split.eval_set(cfg.eval.split))) \
             if progress_factory else None
-        result = evaluate(model, sub_prep, cfg.eval.split,
-                          progress=(lambda n, b=bar: b(n, None)) if bar else None)
+        result, per_user[name] = evaluate_detailed(
+            model, sub_prep, cfg.eval.split,
+            progress=(lambda n, b=bar: b(n, None)) if bar else None)
         _write_json(sub / "eval.json", result)
         results[name] = result
         models[name] = {"params": count_params(model), "train_s": train_s,
@@ -291,6 +316,11 @@ def run_compare(cfg: Config, workdir: Path, log: Log = print, progress_factory=N
     extra = {"data": f"{prep.data.name}, {prep.data.num_users} users, {prep.data.num_items} items",
              "codes_per_level": prep.sids.codes_per_level, "models": models,
              "hardware": jax_backend()}
+    eval_set = prep.split.eval_set(cfg.eval.split)
+    extra["analysis"] = comparison_report(
+        per_user, target_items=eval_set.targets, item_counts=prep.counts,
+        history_lengths=history_lengths(eval_set.histories, cfg.data.max_history),
+        ks=cfg.eval.top_k, seed=cfg.train.seed)
     _write_json(workdir / "results.json", {"results": results, **extra})
     write_report(workdir, cfg, results, extra)
     return results

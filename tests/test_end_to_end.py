@@ -59,3 +59,23 @@ def test_cli_help_and_errors(capsys, tmp_path):
     assert code == 2
     assert "valid keys" in capsys.readouterr().err
     assert cli.main(["eval", "--workdir", str(tmp_path / "nothing"), "--quiet"]) == 2
+
+
+def test_cli_recommend_writes_real_items_with_titles(tiny_run, tmp_path):
+    workdir, _ = tiny_run
+    out = tmp_path / "recs.jsonl"
+    assert cli.main(["recommend", "--workdir", str(workdir / "baseline"), "--history", "i3,i7,i1",
+                     "--k", "5", "--out", str(out), "--quiet"]) == 0
+    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rec["items"]) == 5 and len(set(rec["items"])) == 5
+    assert all(item.startswith("i") for item in rec["items"]) and len(rec["titles"]) == 5
+    assert cli.main(["recommend", "--workdir", str(workdir / "baseline"), "--history", "nope",
+                     "--quiet"]) == 2
+
+
+def test_report_has_intervals_and_hard_examples(tiny_run):
+    workdir, results = tiny_run
+    report = (workdir / "report.md").read_text()
+    assert "95% bootstrap interval" in report and "### Hard examples" in report
+    assert "### Paired test" in report
+    assert 0.0 <= results["prefixmem"]["greedy_accuracy"] <= 1.0
