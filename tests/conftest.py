@@ -25,3 +25,15 @@ def shared_dataset(name: str) -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+def write_files(root: Path, files: dict[str, str | bytes]) -> Path:
+    """Writes ``{name: text or bytes}`` under ``root`` (created if needed); returns ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        path = root / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+    return root

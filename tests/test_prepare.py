@@ -5,23 +5,14 @@ import json
 
 import numpy as np
 import pytest
-from conftest import shared_dataset
+from conftest import shared_dataset, write_files
 
 from sidjax.data import prepare
 from sidjax.data.prepare import load_prepared, prepare_dataset, render_texts
 from sidjax.data.sources import load_dataset, read_lcrec
 from sidjax.data.split import leave_one_out
 
-
-def _write(root, files):
-    root.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        path = root / name
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content, encoding="utf-8")
-    return root
+_write = write_files
 
 
 def _p5(root, lines, items=6):

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import shared_dataset
+from conftest import shared_dataset, write_files
 
 from sidjax.data.sources import (
     detect_format,
@@ -27,13 +27,7 @@ def _real(name: str) -> InteractionData:
     return load_dataset(shared_dataset(name))
 
 
-def _write(root, files: dict[str, str | bytes]) -> None:
-    for name, content in files.items():
-        path = root / name
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        else:
-            path.write_text(content, encoding="utf-8")
+_write = write_files
 
 
 def _seqs(data: InteractionData) -> dict[str, list[str]]:
