@@ -106,10 +106,28 @@ def _cast_floats(tree, dtype):
                         tree)
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, vocab: SIDVocab,
+def sid_task_loss(vocab: SIDVocab) -> Callable:
+    """The next-SID-token loss as a task: ``(model, batch, dropout_key) -> (loss, metrics)``.
+
+    ``batch`` holds ``tokens/codes/levels/targets`` and, for packed rows, ``segment_ids`` and
+    ``positions``.
+    """
+    def loss(model, batch, dropout_key):
+        logits = model(batch["tokens"], batch["codes"], batch["levels"], dropout_key=dropout_key,
+                       segment_ids=batch.get("segment_ids"), positions=batch.get("positions"))
+        return sid_loss(logits, batch["targets"], vocab)
+
+    return loss
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, vocab: SIDVocab | None,
                     dropout: bool, *, partitioner=None, state_shardings=(None, None),
-                    grad_accum: int = 1, compute_dtype: str = "float32") -> Callable:
+                    grad_accum: int = 1, compute_dtype: str = "float32",
+                    loss_fn: Callable | None = None) -> Callable:
     """A jitted ``(params, opt_state, batch, step, key) -> (params, opt_state, metrics)``.
+
+    ``loss_fn(model, batch, dropout_key) -> (loss, metrics)`` is the task (default: the SID loss
+    of ``vocab``, :func:`sid_task_loss`); ``dropout_key`` is None when ``dropout`` is off.
 
     The dropout key of a step is ``fold_in(key, step)`` (and of micro-batch ``i``,
     ``fold_in(that, i)``); params and optimizer state are donated. With ``grad_accum = k`` the
@@ -119,14 +137,13 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, vocab: SIDVocab,
     :mod:`sidjax.train.partition`) fix the input and output shardings; ``None`` is plain jit.
     """
     dtype = jnp.dtype(compute_dtype)
+    task = loss_fn if loss_fn is not None else sid_task_loss(vocab)
 
-    def loss_fn(params, batch, key):
+    def params_loss(params, batch, key):
         model = nnx.merge(graphdef, _cast_floats(params, dtype) if dtype != jnp.float32 else params)
-        logits = model(batch["tokens"], batch["codes"], batch["levels"],
-                       dropout_key=key if dropout else None)
-        return sid_loss(logits, batch["targets"], vocab)
+        return task(model, batch, key if dropout else None)
 
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = jax.value_and_grad(params_loss, has_aux=True)
 
     def step_fn(params, opt_state, batch, step, key):
         key = jax.random.fold_in(key, step)
@@ -216,9 +233,10 @@ def _host_params(params):
     return jax.tree.map(lambda x: jnp.asarray(np.asarray(jax.device_get(x))), params)
 
 
-def train(model: nnx.Module, dataset, vocab: SIDVocab, cfg: TrainConfig, workdir: Path, *,
+def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, workdir: Path, *,
           config_hash: str = "", progress: Callable | None = None,
-          log: Callable[[str], None] | None = None, partitioner=None) -> nnx.Module:
+          log: Callable[[str], None] | None = None, partitioner=None,
+          loss_fn: Callable | None = None) -> nnx.Module:
     """Trains ``model`` on ``dataset[step]`` batches for ``cfg.steps`` steps; resumes if possible.
 
     The mesh comes from ``cfg.mesh_data/mesh_fsdp/mesh_model`` (or ``partitioner``). Appends
@@ -227,6 +245,7 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab, cfg: TrainConfig, workdir
     step. Checkpoints to ``workdir/checkpoints`` every ``cfg.checkpoint_every`` steps and at the
     end. A non-finite loss stops the run with an error naming the step, without saving. SIGTERM
     saves at the next step boundary and raises :class:`~sidjax.train.signals.Preempted`.
+    ``loss_fn`` is the task (see :func:`make_train_step`; default: the SID loss of ``vocab``).
     Returns the trained model (its parameters on the default device).
     """
     workdir = Path(workdir)
@@ -240,7 +259,7 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab, cfg: TrainConfig, workdir
                                                          log=log)
     step_fn = make_train_step(graphdef, tx, vocab, dropout=True, partitioner=partitioner,
                               state_shardings=shardings, grad_accum=cfg.grad_accum,
-                              compute_dtype=cfg.compute_dtype)
+                              compute_dtype=cfg.compute_dtype, loss_fn=loss_fn)
     key = jax.random.key(cfg.seed, impl="unsafe_rbg")  # cheap dropout bits on CPU
     log_path = workdir / "metrics.jsonl"
     flops_per_token = None
