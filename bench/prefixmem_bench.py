@@ -6,7 +6,8 @@
                                                   # CPU cores, seconds on an accelerator)
 
 Part 1 builds ``SIDRecommender`` twice at the same decoder size, once plain and once with PrefixMem
-(default PrefixMemConfig: orders 1-4, 2 hash heads, concat fusion, gate; ``--mem-dim``), and times
+(default PrefixMemConfig: orders 1-4, 2 hash heads, concat fusion, gate; ``--mem-dim``,
+``--inject-layers``), and times
 the jitted ``make_train_step`` (forward, backward, AdamW) on one device. Part 2 times the jitted
 ``prefixmem.apply`` forward on the same batch, unsharded and with the table row-sharded over
 meshes (data, model) = (8, 1), (2, 4), (1, 8) of 8 devices (8 virtual CPU devices unless an
@@ -99,6 +100,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=80)
     ap.add_argument("--codes", type=str, default="256,256,256,16", help="codes per SID level")
     ap.add_argument("--mem-dim", type=int, default=32)
+    ap.add_argument("--inject-layers", type=str, default="",
+                    help="blocks PrefixMem is added before, e.g. 0,2 (default: the embeddings)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--skip-lookup", action="store_true")
@@ -110,14 +113,17 @@ def main() -> None:
     base = ModelConfig(d_model=d, num_layers=args.layers, num_heads=d // 64, head_dim=64,
                        mlp_dim=3 * d, dropout=0.0,
                        prefixmem=PrefixMemConfig(mem_dim=args.mem_dim))
-    with_pm = dataclasses.replace(base, prefixmem=PrefixMemConfig(enabled=True, mem_dim=args.mem_dim))
+    layers = tuple(int(i) for i in args.inject_layers.split(",") if i.strip())
+    with_pm = dataclasses.replace(base, prefixmem=PrefixMemConfig(enabled=True, mem_dim=args.mem_dim,
+                                                                  inject_layers=layers))
     pm_cfg = resolve_prefixmem(with_pm, vocab.codes_per_level)
     print(f"backend {jax.default_backend()} ({jax.device_count()} devices: "
           f"{jax.devices()[0].device_kind}); d_model {d}, {args.layers} layers, "
           f"{vocab.num_levels} SID levels {vocab.codes_per_level}, batch {args.batch} x "
           f"{args.tokens} tokens")
     print(f"PrefixMem: {pm.layout(pm_cfg).num_rows:,} table rows x {pm_cfg.mem_dim}, "
-          f"{pm.param_count(pm_cfg):,} params, {pm.flops_per_token(pm_cfg):,} FLOPs/token")
+          f"{pm.param_count(pm_cfg):,} params, {pm.flops_per_token(pm_cfg):,} FLOPs/token, "
+          f"injected {'before blocks ' + str(layers) if layers else 'at the embeddings'}")
 
     if not args.skip_train:
         (run_base, n_base), (run_pm, n_pm) = (make_stepper(c, vocab, batch) for c in (base, with_pm))

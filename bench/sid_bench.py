@@ -1,11 +1,14 @@
-"""Residual k-means SID benchmark: fit + encode time, utilization and collision rate.
+"""SID benchmark: fit + encode time, utilization and collision rate, residual k-means and RQ-VAE.
 
-    python bench/sid_bench.py                 # 10k and 100k items, d=384, 3 x 256
-    python bench/sid_bench.py --sizes 10000 --balanced
-    python bench/sid_bench.py --million       # adds 1M items (needs ~4 GB RAM)
-    python bench/sid_bench.py --rqvae --sizes 10000 --rqvae-steps 300    # RQ-VAE rows too
+    python bench/sid_bench.py                 # 10k and 100k items, d=384, 3 x 256, both methods
+    python bench/sid_bench.py --sizes 10000 --balanced --methods rqkmeans
+    python bench/sid_bench.py --million       # adds 1M items (needs ~6 GB RAM)
+    python bench/sid_bench.py --rqvae-steps 300 --estimator ste
 
-Vectors are synthetic: a three-level hierarchy of Gaussian clusters (like item content vectors).
+Vectors are synthetic: a three-level hierarchy of Gaussian clusters (like item content vectors). Each
+row is one :func:`sidjax.sid.build.build` (fit, zero-collision reassignment after splitting full
+prefixes, diagnostics) plus a separate encode of all items; "collision rate" is the share of items
+sharing a full SID before reassignment, "moved" the share that reassignment moved.
 """
 
 from __future__ import annotations
@@ -15,10 +18,8 @@ import time
 
 import numpy as np
 
-from sidjax.sid import quantizer, rqkmeans, rqvae
-from sidjax.sid.diagnostics import level_stats
-from sidjax.sid.reassign import reassign_collisions
-from sidjax.sid.table import collision_rate
+from sidjax.sid import quantizer
+from sidjax.sid.build import build, quantizer_config
 
 
 def synthetic_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -33,29 +34,23 @@ def synthetic_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 
 def run(n: int, d: int, levels: int, codes: int, balanced: bool, method: str = "rqkmeans",
-        steps: int = 300) -> dict:
-    """Times one fit + encode and returns the figures of one table row."""
+        steps: int = 300, estimator: str = "rotation") -> dict:
+    """Times one build + encode and returns the figures of one table row."""
     x = synthetic_vectors(n, d)
-    if method == "rqkmeans":
-        cfg = rqkmeans.RQKMeansConfig(levels=levels, codes=codes, iters=20, balanced=balanced)
-    else:
-        cfg = rqvae.RQVAEConfig(levels=levels, codes=codes, steps=steps, reset_every=100)
-    module = rqkmeans if method == "rqkmeans" else rqvae
+    options = ({"iters": 20, "balanced": balanced} if method == "rqkmeans" else
+               {"steps": steps, "estimator": estimator, "reset_every": 100})
+    cfg = quantizer_config(method, levels=levels, codes=codes, **options)
     t0 = time.perf_counter()
-    q, fit_codes = quantizer.fit_with_codes(x, cfg)
-    t_fit = time.perf_counter() - t0
+    result = build(x, [str(i) for i in range(n)], cfg, reassign=True, split_prefixes=True)
+    t_build = time.perf_counter() - t0
     t0 = time.perf_counter()
-    codes_arr = quantizer.encode(q, x)
+    quantizer.encode(result.quantizer, x)
     t_enc = time.perf_counter() - t0
-    stats = level_stats(fit_codes, cfg.codes_per_level())
-    last_res = module.residuals_before(q, x, fit_codes, levels - 1)
-    t0 = time.perf_counter()
-    result = reassign_collisions(fit_codes, last_res, q.codebooks[-1])
-    t_re = time.perf_counter() - t0
-    return {"n": n, "fit_s": t_fit, "encode_s": t_enc, "reassign_s": t_re,
-            "util": [s["utilization"] for s in stats], "collision": collision_rate(fit_codes),
-            "moved": result.moved / n, "extra_level": result.codes.shape[1] > levels,
-            "nearest_equal": float(np.mean(np.all(codes_arr == fit_codes, axis=1)))}
+    d = result.diagnostics
+    return {"n": n, "fit_s": result.fit_seconds, "encode_s": t_enc, "build_s": t_build,
+            "util": [s["utilization"] for s in d["levels"]], "collision": d["collision_rate"],
+            "moved": d["share_moved"], "extra_level": result.extra_level,
+            "rel_err": d["relative_reconstruction_error"]}
 
 
 def main() -> None:
@@ -67,23 +62,26 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=384)
     p.add_argument("--levels", type=int, default=3)
     p.add_argument("--codes", type=int, default=256)
-    p.add_argument("--balanced", action="store_true")
-    p.add_argument("--rqvae", action="store_true", help="also time RQ-VAE (d->512->256->128->32)")
+    p.add_argument("--methods", nargs="+", default=["rqkmeans", "rqvae"],
+                   choices=["rqkmeans", "rqvae"])
+    p.add_argument("--balanced", action="store_true", help="rqkmeans: balanced assignment")
     p.add_argument("--rqvae-steps", type=int, default=300)
+    p.add_argument("--estimator", default="rotation", choices=["rotation", "ste"])
     args = p.parse_args()
     sizes = args.sizes + ([1_000_000] if args.million else [])
-    print(f"d={args.dim}, {args.levels} x {args.codes}, balanced={args.balanced} (rqkmeans)")
-    print("| method | items | fit s | encode s | reassign s | util per level | collision rate | moved | "
-          "extra level |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    methods = ["rqkmeans"] + (["rqvae"] if args.rqvae else [])
-    for method in methods:
+    print(f"d={args.dim}, {args.levels} x {args.codes}, rqkmeans: 20 Lloyd iterations, "
+          f"balanced={args.balanced}; rqvae: {args.rqvae_steps} steps of 1024, {args.estimator}")
+    print("| method | items | fit s | encode s | build s | util per level | collision rate | moved | "
+          "extra level | rel. error |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for method in args.methods:
         for n in sizes:
-            r = run(n, args.dim, args.levels, args.codes, args.balanced, method, args.rqvae_steps)
+            r = run(n, args.dim, args.levels, args.codes, args.balanced, method, args.rqvae_steps,
+                    args.estimator)
             util = " / ".join(f"{u:.2f}" for u in r["util"])
-            print(f"| {method} | {n:,} | {r['fit_s']:.1f} | {r['encode_s']:.1f} | "
-                  f"{r['reassign_s']:.1f} | {util} | {r['collision']:.4f} | {r['moved']:.4f} | "
-                  f"{r['extra_level']} |", flush=True)
+            print(f"| {method} | {n:,} | {r['fit_s']:.1f} | {r['encode_s']:.1f} | {r['build_s']:.1f} | "
+                  f"{util} | {r['collision']:.4f} | {r['moved']:.4f} | {r['extra_level']} | "
+                  f"{r['rel_err']:.3f} |", flush=True)
 
 
 if __name__ == "__main__":

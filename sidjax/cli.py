@@ -18,7 +18,8 @@ commands:
   compare   the same comparison for any config (--config PRESET|FILE)
   train     train one model (PrefixMem on or off by model.prefixmem.enabled) in --workdir;
             resumes from the latest checkpoint there
-  eval      evaluate the latest checkpoint of --workdir; writes eval.json and prints a table
+  eval      evaluate the best validated (else the latest) checkpoint of --workdir; writes
+            eval.json and prints a table
   prepare   read a dataset (MovieLens, Amazon P5, LC-Rec JSON, CSV/TSV table), split it and write
             a prepared folder (item table, content vectors, ArrayRecord sequences) usable as
             data.source
@@ -54,6 +55,37 @@ def _progress_factory(quiet: bool):
     return factory
 
 
+def _compare_models(args) -> dict[str, tuple[str, ...]]:
+    """``--models`` / ``--model-set`` as ``{name: overrides}`` for ``experiment.run_compare``."""
+    from sidjax.experiment import DEFAULT_COMPARE_MODELS
+
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    extra: dict[str, list[str]] = {}
+    for item in args.model_set or []:
+        name, sep, assignment = item.partition(":")
+        if not sep or "=" not in assignment:
+            raise config_lib.ConfigError(f"--model-set {item!r} is not NAME:KEY=VALUE, e.g. "
+                                         "sasrec:model.kind=sasrec")
+        if name.strip() not in names:
+            raise config_lib.ConfigError(f"--model-set {item!r}: model {name.strip()!r} is not in "
+                                         f"--models {','.join(names)}")
+        extra.setdefault(name.strip(), []).append(assignment.strip())
+    models = {}
+    for name in names:
+        if name not in DEFAULT_COMPARE_MODELS and name not in extra:
+            raise config_lib.ConfigError(
+                f"model {name!r} is not built in ({', '.join(DEFAULT_COMPARE_MODELS)}); give its "
+                f"config with --model-set {name}:KEY=VALUE, e.g. {name}:model.kind=sasrec")
+        models[name] = tuple(DEFAULT_COMPARE_MODELS.get(name, ())) + tuple(extra.get(name, ()))
+    return models
+
+
+def _tqdm_write(text: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(text, file=sys.stderr)
+
+
 def _config(args) -> config_lib.Config:
     return config_lib.apply_overrides(config_lib.load_config(args.config), args.set or [])
 
@@ -76,9 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(p, default_config)
         p.add_argument("--workdir", default=workdir, required=workdir is None)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--seeds", type=int, default=1, metavar="N",
+                       help="train every model with N seeds (train.seed, +1, ...) and report "
+                            "mean and spread (default 1)")
+        p.add_argument("--models", default="baseline,prefixmem",
+                       help="comma-separated models to train; the first is the reference "
+                            "(built in: baseline, prefixmem; others need --model-set)")
+        p.add_argument("--model-set", action="append", metavar="NAME:KEY=VALUE",
+                       help="a config override of one model, e.g. sasrec:model.kind=sasrec "
+                            "(repeatable)")
     p = sub.add_parser("train", help="train one model in --workdir (resumes)")
     _add_config_args(p, None)
     p.add_argument("--workdir", required=True)
+    p.add_argument("--prefixmem-init", metavar="PATH",
+                   help="start PrefixMem from a `sidjax pretrain-mem` checkpoint "
+                        "(W/prefixmem_pretrained); same as --set train.prefixmem_init=PATH")
     p.add_argument("--quiet", action="store_true")
     from sidjax.data.prepare import add_prepare_parser
 
@@ -98,9 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--out", help="write JSON lines here (atomically) instead of stdout")
     p.add_argument("--quiet", action="store_true")
-    p = sub.add_parser("eval", help="evaluate the latest checkpoint in --workdir")
+    p = sub.add_parser("eval", help="evaluate the best (or latest) checkpoint in --workdir")
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", choices=("valid", "test"), default="test")
+    p.add_argument("--checkpoint", choices=("best", "latest"),
+                   help="which checkpoint (default: eval.checkpoint of the run, 'best': the best "
+                        "validated one, else the latest)")
     p.add_argument("--quiet", action="store_true")
     return parser
 
@@ -149,15 +196,19 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_sids(args)
     from sidjax import experiment
+    from sidjax.train.observe import console_log
     from sidjax.train.signals import Preempted
 
-    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-    progress = _progress_factory(args.quiet)
+    interactive = sys.stderr.isatty()  # progress bars with ETA; plain log lines otherwise
+    log = (lambda _msg: None) if args.quiet else console_log(
+        write=_tqdm_write if interactive else None)
+    progress = _progress_factory(args.quiet or not interactive)
     try:
         if args.command in ("demo", "compare"):
             cfg = _config(args)
             results = experiment.run_compare(cfg, Path(args.workdir), log=log,
-                                             progress_factory=progress)
+                                             progress_factory=progress,
+                                             models=_compare_models(args), seeds=args.seeds)
             print(experiment.results_table(results, cfg.eval.top_k))
             print(f"\nrun folder: {args.workdir} (report.md, results.json)")
         elif args.command == "train":
@@ -165,8 +216,14 @@ def main(argv: list[str] | None = None) -> int:
 
             maybe_initialize()
             cfg = _config(args)
+            if args.prefixmem_init:
+                cfg = config_lib.override(cfg, "train.prefixmem_init",
+                                          str(Path(args.prefixmem_init).absolute()))
             prep = experiment.prepare(cfg, Path(args.workdir), log)
-            bar = progress(f"train {cfg.name}", cfg.train.steps) if progress else None
+            import jax
+
+            bar = progress(f"train {cfg.name}", cfg.train.steps) \
+                if progress and jax.process_index() == 0 else None
             experiment.train_model(prep, Path(args.workdir), log=log, progress=bar)
             print(f"trained {cfg.train.steps} steps; checkpoints in {args.workdir}/checkpoints")
         elif args.command == "recommend":
@@ -175,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(args.workdir)
             cfg = config_lib.read_config(workdir / "config.json")
             prep = experiment.prepare(cfg, workdir, log)
-            model = experiment.load_model(prep, workdir)
+            model = experiment.load_model(prep, workdir, which=args.checkpoint, log=log)
             result = experiment.evaluate(model, prep, args.split)
             experiment._write_json(workdir / "eval.json", result)
             print(experiment.results_table({cfg.name: result}, cfg.eval.top_k))

@@ -32,16 +32,45 @@ class DataConfig:
     max_seq_len: int = 50
     seed: int = 0
     max_history: int = 12  # items of history fed to the model
+    pack_segments: int = 0  # training rows packed with this many users' windows (0 = off)
+    pack_length: int = 0  # positions of a packed row (0 = max_history x SID levels)
+    # text prompt tokens from a sentencepiece vocabulary of the item text (sidjax.text.vocab)
+    text_prompt: str = ""  # instruction after BOS ("" = none)
+    item_text_tokens: int = 0  # tokens of each history item's text before its SID (0 = none)
+    text_vocab_size: int = 2000  # at most this many sentencepiece pieces
+
+
+@dataclasses.dataclass(frozen=True)
+class SIDRQVAEConfig:
+    """RQ-VAE settings of a run's SIDs (``sid.method="rqvae"``); see sidjax.sid.rqvae.RQVAEConfig."""
+
+    hidden: tuple[int, ...] = (512, 256, 128)  # encoder MLP widths (decoder mirrors them)
+    latent: int = 32
+    beta: float = 1.0  # commitment weight
+    estimator: str = "rotation"  # "rotation" or "ste" (straight-through)
+    learning_rate: float = 1e-3
+    codebook_ema: float = 0.9  # codebooks follow moving averages of their residuals (0: Adam)
+    steps: int = 2000
+    batch_size: int = 1024
+    reset_every: int = 100  # dead-code reset period (steps)
 
 
 @dataclasses.dataclass(frozen=True)
 class SIDConfig:
-    """Semantic ID construction: residual k-means levels plus a collision level."""
+    """Semantic ID construction: a quantizer (residual k-means or RQ-VAE) whose SIDs are made unique
+    by a collision level or by zero-collision reassignment (see sidjax.sid.build)."""
 
     levels: int = 3
     codes: int = 32  # codes per level
     kmeans_iters: int = 25
     seed: int = 0
+    codes_per_level: tuple[int, ...] = ()  # one K per level (e.g. 32,32,64); () = `codes` for all
+    method: str = "rqkmeans"  # "rqkmeans" (residual k-means) or "rqvae"
+    reassign: bool = False  # zero-collision reassignment; extra level only where a prefix is full
+    split_prefixes: bool = False  # with reassign: cap length-(L-1) prefixes at K_L items first
+    balanced: bool = False  # rqkmeans: at most ceil(n / K) * (1 + slack) items per code
+    slack: float = 0.0
+    rqvae: SIDRQVAEConfig = SIDRQVAEConfig()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,8 +94,9 @@ class PrefixMemConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Decoder-only transformer over SID tokens."""
+    """Decoder-only transformer over SID tokens (or, with ``kind="sasrec"``, over item ids)."""
 
+    kind: str = "sid"  # "sid": SID tokens (+ PrefixMem); "sasrec": item-ID baseline, full softmax
     d_model: int = 128
     num_layers: int = 2
     num_heads: int = 4
@@ -75,6 +105,17 @@ class ModelConfig:
     dropout: float = 0.1
     rope_base: float = 10000.0
     prefixmem: PrefixMemConfig = PrefixMemConfig()
+    # Decoder family (sidjax.nn.families): llama | qwen2 | gemma; `--set model.family=` also takes
+    # a size preset (llama-3.2-1b, qwen2-0.5b, gemma-2b, <family>-tiny) and expands it.
+    family: str = "llama"
+    num_kv_heads: int = 0  # key/value heads (grouped-query attention); 0 = num_heads
+    norm_eps: float = 1e-6
+    # None = the family's choice (see sidjax.nn.families)
+    qkv_bias: bool | None = None
+    activation: str | None = None  # "swiglu" or "geglu" (tanh-approximate GELU)
+    norm_plus_one: bool | None = None  # RMSNorm scale 1 + w (Gemma)
+    embed_scale: bool | None = None  # embeddings times sqrt(d_model) (Gemma)
+    tie_embeddings: bool | None = None  # output head = embedding matrix (Gemma)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,9 +138,23 @@ class TrainConfig:
     mesh_model: int = 1
     schedule: str = "cosine"  # "cosine" (warmup + cosine decay) or "rsqrt" (warmup + 1/sqrt(step))
     prefixmem_lr_mult: float = 1.0  # learning-rate multiplier of the PrefixMem tables (no decay)
+    # a `sidjax pretrain-mem` checkpoint folder attached to PrefixMem at step 0 ("" = random init)
+    prefixmem_init: str = ""
+    # first N steps train only PrefixMem's projections and gate (decoder and table frozen)
+    freeze_decoder_steps: int = 0
     grad_accum: int = 1  # micro-batches per step (batch_size must be a multiple)
     compute_dtype: str = "float32"  # "bfloat16": bf16 forward/backward, float32 master weights
     peak_flops: float = 0.0  # FLOP/s of the whole mesh for the logged MFU (0: not logged)
+    # validation during training (sidjax.train.validation): every eval_every steps and at the end
+    eval_every: int = 0  # 0 = no validation
+    eval_users: int = 2000  # fixed random subset of the validation split (0 = all users)
+    eval_recall: bool = False  # also Recall@K / NDCG@K by beam search (slower)
+    best_metric: str = "valid/loss"  # the checkpoint kept as best, beside the last max_checkpoints
+    best_mode: str = "min"  # "min" (losses) or "max" (recall, NDCG, accuracy)
+    patience: int = 0  # early stop after this many evaluations without improvement (0 = off)
+    data_threads: int = 1  # grain worker threads preparing batches (0 = in the training thread)
+    data_prefetch: int = 4  # batches prepared ahead
+    tensorboard: bool = True  # event files beside metrics.jsonl (needs tensorboardX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +165,7 @@ class EvalConfig:
     top_k: tuple[int, ...] = (5, 10)
     batch_size: int = 256
     split: str = "test"
+    checkpoint: str = "best"  # "best" (by train.best_metric, when validated) or "latest"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,11 +284,19 @@ def override(cfg: Any, key: str, text: str, *, _full_key: str | None = None) -> 
 
 
 def apply_overrides(cfg: Config, assignments: list[str]) -> Config:
-    """Applies ``key=value`` strings in order (from ``--set``)."""
+    """Applies ``key=value`` strings in order (from ``--set``).
+
+    ``model.family=NAME`` applies a family or size preset (:func:`sidjax.nn.families.apply_preset`).
+    """
     for item in assignments:
         key, sep, text = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} is not of the form key=value, e.g. train.steps=100")
+        if key.strip() == "model.family":
+            from sidjax.nn.families import apply_preset
+
+            cfg = dataclasses.replace(cfg, model=apply_preset(cfg.model, text.strip()))
+            continue
         cfg = override(cfg, key.strip(), text.strip())
     return cfg
 

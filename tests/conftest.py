@@ -37,3 +37,16 @@ def write_files(root: Path, files: dict[str, str | bytes]) -> Path:
         else:
             path.write_text(content, encoding="utf-8")
     return root
+
+
+def assert_png(path: Path, min_width: int = 300, min_height: int = 200) -> None:
+    """Asserts ``path`` is a readable PNG of at least the given size, not a blank canvas."""
+    import matplotlib.image
+
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert min_width <= width <= 4000 and min_height <= height <= 4000, (path, width, height)
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[:2] == (height, width)
+    assert pixels[..., :3].std() > 0.01, f"{path} is blank"

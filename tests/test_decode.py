@@ -1,15 +1,17 @@
 """Decoding parity: cached vs uncached logits, beam search vs brute force and the naive search,
-greedy decoding, validity, and packed rows (segment ids) vs separate sequences."""
+greedy decoding, validity, and packed rows (segment ids) vs separate sequences; over the decoder
+families (GQA, biases, Gemma norms/tied head) and PrefixMem injected at the embeddings or at layers."""
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from sidjax.config import ModelConfig, PrefixMemConfig
-from sidjax.data.pipeline import SIDVocab, eval_arrays
+from sidjax.data.pipeline import PAD, SIDVocab, eval_arrays
 from sidjax.decode.beam import (
     beam_search,
     beam_search_naive,
@@ -21,26 +23,42 @@ from sidjax.decode.beam import (
     trie_arrays,
 )
 from sidjax.decode.scoring import score_sids
-from sidjax.nn.model import SIDRecommender
+from sidjax.nn import prefixmem
+from sidjax.nn.model import SIDRecommender, positions_from_valid
 from sidjax.sid.table import add_collision_level
 from sidjax.sid.trie import build_trie
+from sidjax.train.partition import path_names
+
+# (family, PrefixMem inject_layers): every family with GQA, PrefixMem at the embeddings or at layers
+FAMILY_CASES = [("llama", ()), ("qwen2", (1,)), ("gemma", (0, 1))]
 
 
-def _setup(prefixmem: bool, num_items=40, seed=0):
+def _setup(prefixmem: bool, num_items=40, seed=0, family=None, inject_layers=()):
+    """A tiny model (the original MHA one, or ``family`` with GQA and random biases/norm scales),
+    a catalog of 3 x 3 SIDs plus a collision level, and 4 encoded histories."""
     rng = np.random.default_rng(seed)
     codes = add_collision_level(rng.integers(0, 3, size=(num_items, 2)))
     vocab = SIDVocab((3, 3, int(codes[:, -1].max()) + 1))
+    pm = PrefixMemConfig(enabled=prefixmem, mem_dim=8, exact_threshold=4, hash_table_size=11,
+                         inject_layers=inject_layers)
     cfg = ModelConfig(d_model=32, num_layers=2, num_heads=2, head_dim=16, mlp_dim=64, dropout=0.0,
-                      prefixmem=PrefixMemConfig(enabled=prefixmem, mem_dim=8, exact_threshold=4,
-                                                hash_table_size=11))
+                      prefixmem=pm)
+    if family is not None:
+        cfg = dataclasses.replace(cfg, family=family, num_heads=4, num_kv_heads=2, head_dim=8)
     model = SIDRecommender(cfg, vocab, rngs=nnx.Rngs(params=seed))
+    if family is not None:  # zero biases and unit (or 1 + 0) norm scales would hide mistakes
+        nnx.update(model, jax.tree_util.tree_map_with_path(
+            lambda path, v: v + 0.2 * rng.normal(size=v.shape).astype(np.float32)
+            if {"b_q", "b_k", "b_v", "scale"} & set(path_names(path)) else v,
+            nnx.state(model, nnx.Param)))
     histories = [rng.integers(0, num_items, size=n) for n in (1, 3, 5, 2)]
     arrays = eval_arrays(histories, codes, vocab, max_history=4)
     return model, codes, vocab, arrays
 
 
-def test_cached_decoding_matches_full_forward():
-    model, codes, vocab, arrays = _setup(prefixmem=True)
+@pytest.mark.parametrize("family, inject_layers", [(None, ())] + FAMILY_CASES)
+def test_cached_decoding_matches_full_forward(family, inject_layers):
+    model, codes, vocab, arrays = _setup(prefixmem=True, family=family, inject_layers=inject_layers)
     target = codes[[5, 7, 9, 11]]
     offsets = vocab.level_offsets
     tokens = np.concatenate([arrays["tokens"], offsets + target], 1)
@@ -61,9 +79,27 @@ def test_cached_decoding_matches_full_forward():
         np.testing.assert_allclose(logits, full[:, t - 1 + depth], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("prefixmem", [False, True])
-def test_full_width_beam_equals_brute_force_ranking(prefixmem):
-    model, codes, vocab, arrays = _setup(prefixmem)
+def test_prefixmem_is_injected_before_the_listed_blocks():
+    model, codes, vocab, arrays = _setup(prefixmem=True, inject_layers=(1,))
+    tokens, sid_codes, levels = (jnp.asarray(arrays[k]) for k in ("tokens", "codes", "levels"))
+    params = {k: v[...] for k, v in model.prefixmem.items()}
+    memory = prefixmem.read_memory(params, sid_codes, levels, cfg=model.pm_cfg)
+    valid = tokens != PAD
+    positions = positions_from_valid(valid)
+    first, second = model.decoder.blocks
+    x, _ = first(model.embed_tokens(tokens), positions, valid)  # nothing added at the embeddings
+    plain, _ = second(x, positions, valid)
+    x = x + prefixmem.project(params, memory, levels, cfg=model.pm_cfg, hidden=x, site=0)
+    x, _ = second(x, positions, valid)
+    out = np.asarray(model(tokens, sid_codes, levels))
+    np.testing.assert_allclose(out, model.head(model.decoder.final_norm(x)), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(out, model.head(model.decoder.final_norm(plain)), atol=1e-3)
+
+
+@pytest.mark.parametrize("prefixmem, family, inject_layers",
+                         [(False, None, ()), (True, None, ()), (True, *FAMILY_CASES[-1])])
+def test_full_width_beam_equals_brute_force_ranking(prefixmem, family, inject_layers):
+    model, codes, vocab, arrays = _setup(prefixmem, family=family, inject_layers=inject_layers)
     num_items = len(codes)
     graphdef, state = nnx.split(model)
     items, scores = beam_search(graphdef, state, trie_arrays(build_trie(codes)),
@@ -108,8 +144,9 @@ def test_level_log_probs_normalise_within_level():
     assert dataclasses.is_dataclass(vocab)
 
 
-def test_split_cache_beam_step_matches_full_forward():
-    model, codes, vocab, arrays = _setup(prefixmem=True)
+@pytest.mark.parametrize("family, inject_layers", [(None, ())] + FAMILY_CASES[1:])
+def test_split_cache_beam_step_matches_full_forward(family, inject_layers):
+    model, codes, vocab, arrays = _setup(prefixmem=True, family=family, inject_layers=inject_layers)
     hist = {k: jnp.asarray(v) for k, v in arrays.items()}
     beams = np.stack([codes[[5, 7, 9]], codes[[11, 13, 15]], codes[[2, 4, 6]], codes[[1, 3, 8]]])
     b, k, num_levels = beams.shape

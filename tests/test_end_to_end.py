@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import assert_png
 
 from sidjax import cli
 from sidjax import config as C
@@ -79,3 +80,57 @@ def test_report_has_intervals_and_hard_examples(tiny_run):
     assert "95% bootstrap interval" in report and "### Hard examples" in report
     assert "### Paired test" in report
     assert 0.0 <= results["prefixmem"]["greedy_accuracy"] <= 1.0
+
+
+def test_report_links_valid_plots_and_states_compute(tiny_run):
+    workdir, _ = tiny_run
+    report = (workdir / "report.md").read_text()
+    for name in ("curves.png", "level_accuracy.png", "hard_examples.png"):
+        assert f"]({name})" in report
+        assert_png(workdir / name)
+    saved = json.loads((workdir / "results.json").read_text())
+    cfg = C.tiny()
+    levels = len(saved["results"]["baseline"]["level_accuracy"])
+    compute = saved["compute"]
+    for name in ("baseline", "prefixmem"):
+        assert compute[name]["tokens_per_step"] == cfg.train.batch_size * cfg.data.max_history * levels
+        assert compute[name]["train_flops"] == compute[name]["flops_per_step"] * cfg.train.steps
+    assert compute["baseline"]["prefixmem_flops_per_token"] == 0
+    extra = compute["prefixmem"]["flops_per_token"] - compute["baseline"]["flops_per_token"]
+    assert 0 < extra <= compute["prefixmem"]["prefixmem_flops_per_token"]
+    assert "## Training compute" in report
+    assert ("**Matched compute**" if saved["matched"] else "**Not FLOPs-matched**") in report
+    assert "### Relative gain of prefixmem over baseline" in report
+
+
+def test_cli_compare_with_seeds_and_a_model_list(tmp_path, capsys):
+    workdir = tmp_path / "seeds"
+    small = ["data.num_items=120", "data.num_users=160", "data.max_history=5", "train.steps=8",
+             "train.log_every=4", "train.checkpoint_every=8", "train.batch_size=16",
+             "model.num_layers=1", "eval.beam_size=4"]
+    args = ["compare", "--config", "tiny", "--workdir", str(workdir), "--quiet", "--seeds", "2",
+            "--models", "baseline"] + [a for kv in small for a in ("--set", kv)]
+    assert cli.main(args) == 0
+    assert "± " in capsys.readouterr().out
+    for seed in (0, 1):
+        sub = workdir / f"seed{seed}" / "baseline"
+        assert json.loads((sub / "config.json").read_text())["train"]["seed"] == seed
+        assert (sub / "eval.json").is_file()
+    assert not (workdir / "prefixmem").exists() and not (workdir / "seed0" / "prefixmem").exists()
+    saved = json.loads((workdir / "results.json").read_text())
+    assert sorted(saved["per_seed"]) == ["0", "1"] and saved["seeds"] == [0, 1]
+    report = (workdir / "report.md").read_text()
+    assert "## Over 2 seeds" in report and "| baseline | 1 |" in report
+    assert_png(workdir / "level_accuracy.png")
+
+
+@pytest.mark.parametrize("models, sets, message", [
+    ("baseline,sasrec", [], "--model-set sasrec:KEY=VALUE"),
+    ("baseline", ["pm:model.prefixmem.enabled=true"], "not in --models"),
+    ("baseline", ["baseline-model.d_model=3"], "NAME:KEY=VALUE"),
+])
+def test_cli_compare_rejects_bad_model_lists(tmp_path, capsys, models, sets, message):
+    args = ["compare", "--config", "tiny", "--workdir", str(tmp_path), "--quiet", "--models",
+            models] + [a for kv in sets for a in ("--model-set", kv)]
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err

@@ -86,3 +86,21 @@ def test_cli_parser_on_a_movielens_folder(tmp_path):
     assert run_sids(parser.parse_args(["sids", "inspect", str(tmp_path / "a"), "--no-plot"])) == 0
     assert not (tmp_path / "a" / "code_usage.png").exists()
     assert "Movie" in inspect_sids(tmp_path / "a", plot=False)
+
+
+def test_cli_on_the_synthetic_catalog(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_sids_parser(parser.add_subparsers(dest="command"))
+    args = ["sids", "build", "--data", "synthetic", "--levels", "3", "--codes", "8,16,32",
+            "--iters", "4"]
+    assert run_sids(parser.parse_args(args + ["--out", str(tmp_path / "s")])) == 0
+    stats = json.loads((tmp_path / "s" / "sid_stats.json").read_text())
+    assert stats["num_items"] == 2000 and stats["dim"] == 64  # the catalog's own content vectors
+    assert not stats["extra_level"] and stats["diagnostics"]["unique_after"]
+    assert stats["diagnostics"]["items_split_off"] > 0
+    assert run_sids(parser.parse_args(args + ["--no-split", "--out", str(tmp_path / "n")])) == 0
+    assert json.loads((tmp_path / "n" / "sid_stats.json").read_text())["extra_level"]
+    assert " for " in inspect_sids(tmp_path / "s", plot=False)  # titles "<adj> <mid> <fine> for <top>"
+    vae = parser.parse_args(["sids", "build", "--data", "x", "--method", "rqvae", "--estimator", "ste",
+                             "--beta", "0.5", "--out", "o"])
+    assert (vae.estimator, vae.beta, vae.steps) == ("ste", 0.5, 2000)

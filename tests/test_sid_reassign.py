@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sidjax.sid.diagnostics import collision_stats, level_stats, sid_diagnostics
-from sidjax.sid.reassign import reassign_collisions
+from sidjax.sid.reassign import reassign_collisions, split_full_prefixes
 from sidjax.sid.table import build_sid_table, sid_to_items
 
 
@@ -80,3 +80,49 @@ def test_level_stats_and_collision_hook():
     diag = sid_diagnostics(codes, codes, (4, 2), x, x * 0.5, moved=1)
     assert diag["share_moved"] == 0.25 and not diag["unique_after"]
     assert diag["reconstruction_mse"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_split_full_prefixes_caps_groups_within_parent(seed):
+    rng = np.random.default_rng(seed)
+    n, k2, k3 = 120, 6, 8  # 40 items per level-1 prefix, room for 6 x 8
+    codes = np.stack([rng.integers(0, 3, n), rng.choice(k2, n, p=[0.5, 0.3, 0.1, 0.05, 0.05, 0.0]),
+                      rng.integers(0, k3, n)], 1)
+    res = rng.normal(size=(n, 4)).astype(np.float32)
+    book, last = rng.normal(size=(k2, 4)).astype(np.float32), rng.normal(size=(k3, 4)).astype(np.float32)
+    out = split_full_prefixes(codes, res, book, last)
+    assert np.unique(out.codes[:, :2], axis=0, return_counts=True)[1].max() <= k3
+    assert np.array_equal(out.codes[:, 0], codes[:, 0])  # items stay under their level-1 prefix
+    changed = out.codes[:, 1] != codes[:, 1]
+    assert out.moved == changed.sum() > 0 and out.unresolved == 0
+    # an over-full group keeps its items closest to its centroid
+    own = np.sum((res - book[codes[:, 1]]) ** 2, axis=1)
+    for row in np.flatnonzero(changed):
+        stayed = np.all(out.codes[:, :2] == codes[row, :2], axis=1) & ~changed
+        assert own[row] >= own[stayed].max()
+    rest = res[changed] - book[out.codes[changed, 1]]
+    want_last = np.argmin(((rest[:, None] - last[None]) ** 2).sum(-1), axis=1)
+    assert np.array_equal(out.codes[changed, 2], want_last)
+    d = np.sum((res - book[out.codes[:, 1]]) ** 2, axis=1) - own
+    assert out.cost == pytest.approx(float(d.sum()), rel=1e-4)
+    final = reassign_collisions(out.codes, res - book[out.codes[:, 1]], last)
+    assert final.unresolved == 0 and final.codes.shape == (n, 3)
+
+
+def test_split_full_prefixes_without_room_reports_unresolved():
+    codes = np.array([[0, 0, 0]] * 5 + [[1, 0, 0]])
+    out = split_full_prefixes(codes, np.zeros((6, 2), np.float32), np.eye(2, dtype=np.float32),
+                              np.eye(2, dtype=np.float32))
+    # prefix (0,) holds 5 items but has room for 2 x 2: one item cannot be placed
+    assert out.moved == 2 and out.unresolved == 1
+    assert np.array_equal(out.codes[5], [1, 0, 0])
+
+
+def test_greedy_fill_respects_room_and_takes_closest_first():
+    from sidjax.sid.reassign import _greedy_fill
+
+    dist = np.array([[0.1, 5.0, 9.0], [0.2, 4.0, 9.0], [0.3, 0.5, 9.0], [9.0, 9.0, 9.0]])
+    # column 0 has room for 1: row 0 (closest) takes it; rows 1, 2 go to column 1 (room 2); row 3
+    # finds only column 2 (room 1)
+    assert _greedy_fill(dist, np.array([1, 2, 1])).tolist() == [0, 1, 1, 2]
+    assert _greedy_fill(dist, np.array([1, 1, 0])).tolist() == [0, -1, 1, -1]

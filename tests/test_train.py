@@ -91,6 +91,7 @@ def test_sigkill_sigterm_and_damaged_checkpoint_resume_exactly(prep, straight, t
     resumed = E.train_model(prep, tmp_path, log=messages.append)
     out = "\n".join(messages)
     assert "checkpoints/33 is damaged and was skipped" in out and "falling back to step 20" in out
+    assert "data iterator state" not in out  # resumed the saved grain iterator, not a fresh one
     for a, b in zip(_params(model_a), _params(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     losses_a, lines_b = _losses(dir_a), (tmp_path / "metrics.jsonl").read_text().splitlines()

@@ -168,18 +168,105 @@ def _format_ids(ids: Sequence, limit: int = 5) -> str:
     return shown + (", ..." if len(ids) > limit else "")
 
 
-def load_item_vectors(path: str | Path, item_ids: Sequence) -> np.ndarray:
+def _by_id(path: Path, ids: list, vectors: np.ndarray, item_keys: list[str],
+           ids_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``vectors`` (one row per entry of ``ids``, stored as ``ids_name``) in catalog order, and
+    the file row of each."""
+    row_of: dict[str, int] = {}
+    for row, key in enumerate(str(i) for i in ids):
+        if key in row_of:
+            raise ValueError(
+                f"{path}: item id {key!r} appears twice in {ids_name} (rows {row_of[key]} and "
+                f"{row}); keep one vector per item"
+            )
+        row_of[key] = row
+    missing = [k for k in item_keys if k not in row_of]
+    if missing:
+        raise ValueError(
+            f"{path}: {len(missing)} of {len(item_keys)} catalog items have no vector "
+            f"(first: {_format_ids(missing)}); add them to the file, or use "
+            "collaborative_item_vectors for a catalog without content"
+        )
+    file_rows = np.array([row_of[k] for k in item_keys], dtype=np.int64)
+    return vectors[file_rows], file_rows
+
+
+def _parquet_vectors(path: Path, id_col: str | None) -> tuple[str, list, np.ndarray]:
+    """``(id column, ids, vectors [n, d])`` of a Parquet file: an id column and either one list column
+    ``vector`` or numeric columns (one per dimension, in file order). Nulls become NaN."""
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow") from None
+    try:
+        table = pq.read_table(path)
+    except pa.ArrowException as err:
+        raise ValueError(f"{path}: not a readable Parquet file ({err})") from None
+    names = table.column_names
+    id_col = id_col or next((c for c in ("item_id", "id") if c in names), None)
+    if id_col not in names:
+        raise ValueError(f"{path}: no item id column (looked for {id_col or 'item_id, id'}; "
+                         f"columns: {', '.join(names)})")
+    id_column = table.column(id_col)
+    if id_column.null_count:
+        row = int(np.flatnonzero(id_column.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ValueError(f"{path}: row {row} has no item id in column {id_col!r}")
+    ids = id_column.to_pylist()
+    rest = [c for c in names if c != id_col]
+    is_list = [c for c in rest if pa.types.is_list(table.schema.field(c).type)
+               or pa.types.is_large_list(table.schema.field(c).type)
+               or pa.types.is_fixed_size_list(table.schema.field(c).type)]
+    if is_list:
+        name = "vector" if "vector" in is_list else is_list[0]
+        if len(is_list) > 1 and name != "vector":
+            raise ValueError(f"{path}: several list columns {is_list}; name the vector column "
+                             "'vector'")
+        column = table.column(name).combine_chunks()
+        if column.null_count:
+            row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+            raise ValueError(f"{path}: item id {ids[row]!r} (row {row}) has no vector in "
+                             f"column {name!r}")
+        lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+        if len(lengths) and (lengths != lengths[0]).any():
+            row = int(np.flatnonzero(lengths != lengths[0])[0])
+            raise ValueError(f"{path}: the vector of item id {ids[row]!r} (row {row}) has "
+                             f"{lengths[row]} values, row 0 has {lengths[0]}; all vectors need "
+                             "the same size")
+        values = column.flatten()
+        if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)):
+            raise ValueError(f"{path}: column {name!r} holds {values.type}, expected numbers")
+        d = int(lengths[0]) if len(lengths) else 0
+        return id_col, ids, values.to_numpy(zero_copy_only=False).astype(np.float64).reshape(
+            len(ids), d)
+    numeric = [c for c in rest if pa.types.is_floating(table.schema.field(c).type)
+               or pa.types.is_integer(table.schema.field(c).type)]
+    other = [c for c in rest if c not in numeric]
+    if other or not numeric:
+        raise ValueError(f"{path}: columns {other or rest} are not numeric; expected an id "
+                         "column plus a list column 'vector' or one numeric column per dimension")
+    return id_col, ids, np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float64)
+                          for c in numeric], axis=1)
+
+
+def load_item_vectors(path: str | Path, item_ids: Sequence, *,
+                      id_col: str | None = None) -> np.ndarray:
     """Read user-supplied item vectors and put them in catalog order.
 
-    Two layouts are accepted:
+    Three layouts are accepted:
 
     * ``.npy``: a float array ``[len(item_ids), d]`` whose row ``i`` belongs to ``item_ids[i]``;
     * ``.npz``: arrays ``ids`` ``[n]`` and ``vectors`` ``[n, d]``, matched to ``item_ids`` by id
-      (compared as strings, so ``42`` matches ``"42"``); ids not in the catalog are ignored.
+      (compared as strings, so ``42`` matches ``"42"``); ids not in the catalog are ignored;
+    * ``.parquet`` (needs ``pyarrow``): an id column (``id_col``, default ``item_id`` or ``id``)
+      and either a list column ``vector`` or one numeric column per dimension; matched by id as
+      ``.npz``. Null values count as NaN.
 
     Args:
-      path: the ``.npy`` or ``.npz`` file.
+      path: the ``.npy``, ``.npz`` or ``.parquet`` file.
       item_ids: the catalog's external item ids, in item-index order.
+      id_col: the id column of a Parquet file.
 
     Returns:
       float32 ``[len(item_ids), d]``, as stored (not normalised).
@@ -192,7 +279,8 @@ def load_item_vectors(path: str | Path, item_ids: Sequence) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"item vector file {path} does not exist")
     item_keys = [str(i) for i in item_ids]
-    if path.suffix == ".npy":
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
         vectors = np.load(path, allow_pickle=False)
         if vectors.ndim != 2 or vectors.shape[0] != len(item_keys):
             raise ValueError(
@@ -200,7 +288,7 @@ def load_item_vectors(path: str | Path, item_ids: Sequence) -> np.ndarray:
                 "catalog item in item order; save an .npz with 'ids' and 'vectors' to match by id"
             )
         file_rows = np.arange(len(item_keys))
-    elif path.suffix == ".npz":
+    elif suffix == ".npz":
         with np.load(path, allow_pickle=False) as data:
             if "ids" not in data or "vectors" not in data:
                 raise ValueError(
@@ -213,25 +301,12 @@ def load_item_vectors(path: str | Path, item_ids: Sequence) -> np.ndarray:
                 f"{path}: 'ids' has shape {ids.shape} and 'vectors' {vectors.shape}, expected "
                 "[n] and [n, d] with one vector per id"
             )
-        row_of: dict[str, int] = {}
-        for row, key in enumerate(str(i) for i in ids.tolist()):
-            if key in row_of:
-                raise ValueError(
-                    f"{path}: item id {key!r} appears twice in 'ids' (rows {row_of[key]} and "
-                    f"{row}); keep one vector per item"
-                )
-            row_of[key] = row
-        missing = [k for k in item_keys if k not in row_of]
-        if missing:
-            raise ValueError(
-                f"{path}: {len(missing)} of {len(item_keys)} catalog items have no vector "
-                f"(first: {_format_ids(missing)}); add them to 'ids'/'vectors', or use "
-                "collaborative_item_vectors for a catalog without content"
-            )
-        file_rows = np.array([row_of[k] for k in item_keys], dtype=np.int64)
-        vectors = vectors[file_rows]
+        vectors, file_rows = _by_id(path, ids.tolist(), vectors, item_keys, "'ids'")
+    elif suffix in (".parquet", ".pq"):
+        id_col, ids, vectors = _parquet_vectors(path, id_col)
+        vectors, file_rows = _by_id(path, ids, vectors, item_keys, f"column {id_col!r}")
     else:
-        raise ValueError(f"{path}: unsupported suffix {path.suffix!r}, use .npy or .npz")
+        raise ValueError(f"{path}: unsupported suffix {path.suffix!r}, use .npy, .npz or .parquet")
     if vectors.shape[1] == 0 or not np.issubdtype(vectors.dtype, np.number):
         raise ValueError(f"{path}: vectors must be numeric with d >= 1, got {vectors.dtype}")
     finite = np.isfinite(vectors).all(axis=1)
@@ -239,7 +314,7 @@ def load_item_vectors(path: str | Path, item_ids: Sequence) -> np.ndarray:
         first = int(np.argmin(finite))
         raise ValueError(
             f"{path}: the vector of item id {item_keys[first]!r} (row {file_rows[first]} of the "
-            f"file) contains NaN or inf ({int((~finite).sum())} bad rows in all); recompute or "
-            "replace those rows before loading"
+            f"file) contains NaN or inf ({int((~finite).sum())} bad rows in all; nulls count "
+            "as NaN); recompute or replace those rows before loading"
         )
     return vectors.astype(np.float32)

@@ -1,8 +1,9 @@
 """SID token sequences and the grain pipelines that stream them.
 
 A history of items becomes ``BOS, s(1)_1..s(1)_L, s(2)_1..s(2)_L, ...``: L tokens per item, one per SID
-level, left-padded with PAD to a fixed length. Every position also carries its raw SID code and its
-level (0 for BOS and PAD), which is what PrefixMem keys on. Training batches are indexed by step
+level, left-padded with PAD to a fixed length (optionally with text tokens: :class:`TextPrompt`).
+Every position also carries its raw SID code and its level (0 for BOS, PAD and text), which is
+what PrefixMem keys on. Token ids come from a :class:`SIDVocab`. Training batches are indexed by step
 (``dataset[step]``), so resuming at a step reproduces the exact same batches.
 
 :func:`train_dataset` streams from a list of sequences or a random-access source such as the
@@ -20,14 +21,38 @@ import grain
 import jax
 import numpy as np
 
-PAD, BOS = 0, 1
+PAD, BOS = 0, 1  # the ids of the default vocabulary (SIDVocab's defaults)
 
 
 @dataclasses.dataclass(frozen=True)
 class SIDVocab:
-    """Token ids of SID codes: PAD, BOS, then each level's codes in their own range."""
+    """Token ids of a SID token space: ``text_size`` ids first, then each level's codes in their
+    own range (level 1's codes, then level 2's, ...).
+
+    The default (``text_size=2``: PAD 0, BOS 1, SID tokens from 2) is sidjax's own vocabulary. A
+    vocabulary whose SID tokens follow a text vocabulary (a sentencepiece model,
+    :mod:`sidjax.text.vocab`; an imported LLM, :mod:`sidjax.nn.hf_import`) sets ``text_size`` to
+    that vocabulary's size and ``pad_id``/``bos_id`` to its ids. Ids below ``text_size`` are text
+    (level 0): PrefixMem and the SID loss ignore them.
+    """
 
     codes_per_level: tuple[int, ...]
+    text_size: int = 2
+    pad_id: int = PAD
+    bos_id: int = BOS
+
+    def __post_init__(self):
+        object.__setattr__(self, "codes_per_level", tuple(int(k) for k in self.codes_per_level))
+        if any(k < 1 for k in self.codes_per_level):
+            raise ValueError(f"codes_per_level={self.codes_per_level}: every level needs >= 1 code")
+        ids = {"pad_id": self.pad_id, "bos_id": self.bos_id}
+        for name, value in ids.items():
+            if not 0 <= value < self.text_size:
+                raise ValueError(f"SIDVocab {name}={value} must be a text id in [0, text_size="
+                                 f"{self.text_size})")
+        if self.pad_id == self.bos_id:
+            raise ValueError(f"SIDVocab pad_id and bos_id are both {self.pad_id}; padding must "
+                             "have an id of its own (add a PAD token to the text vocabulary)")
 
     @property
     def num_levels(self) -> int:
@@ -36,11 +61,11 @@ class SIDVocab:
     @property
     def level_offsets(self) -> np.ndarray:
         """First token id of each level (index 0 is level 1)."""
-        return 2 + np.concatenate([[0], np.cumsum(self.codes_per_level)[:-1]]).astype(np.int32)
+        return (self.text_size + np.cumsum((0,) + self.codes_per_level)[:-1]).astype(np.int32)
 
     @property
     def size(self) -> int:
-        return 2 + int(sum(self.codes_per_level))
+        return self.text_size + int(sum(self.codes_per_level))
 
     def level_mask(self) -> np.ndarray:
         """Bool ``[L + 1, V]``: row l marks the token ids of level l (row 0: none)."""
@@ -49,18 +74,114 @@ class SIDVocab:
             mask[level, start:start + k] = True
         return mask
 
+    def sid_tokens(self, codes) -> np.ndarray:
+        """Token ids ``[..., L]`` of full SIDs ``codes [..., L]`` (one code per level)."""
+        codes = np.asarray(codes)
+        if codes.shape[-1:] != (self.num_levels,):
+            raise ValueError(f"SID codes of shape {codes.shape}: expected [..., {self.num_levels}]")
+        bad = (codes < 0) | (codes >= np.asarray(self.codes_per_level))
+        if bad.any():
+            raise ValueError(f"SID codes {codes[bad.any(axis=-1)][0].tolist()} out of range for "
+                             f"codes_per_level={self.codes_per_level}")
+        return (self.level_offsets + codes).astype(np.int32)
 
-def sequence_length(num_items: int, num_levels: int) -> int:
-    """Length of an encoded history of ``num_items`` items (BOS included)."""
-    return 1 + num_items * num_levels
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TextPrompt:
+    """Text tokens around SID histories (ids of the vocabulary's text range, level 0).
+
+    ``instruction`` follows BOS (e.g. a fixed instruction); ``item_tokens[i]`` (e.g. the title
+    tokens of item ``i``, at most ``max_item_tokens`` of them) precede the SID of item ``i`` at
+    every history position, but not before the item the model predicts: the title of the next
+    item would give the answer away. So a training window ``a, b, c`` reads
+    ``BOS instruction title(a) sid(a) title(b) sid(b) sid(c)`` and an evaluation history
+    ``a, b`` reads ``BOS instruction title(a) sid(a) title(b) sid(b)``, after which the model
+    decodes the next SID. PrefixMem sees level 0 at text positions; the loss counts SID targets
+    only.
+    """
+
+    instruction: tuple[int, ...] = ()
+    item_tokens: tuple[tuple[int, ...], ...] | None = None
+    max_item_tokens: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "instruction", tuple(int(t) for t in self.instruction))
+        if self.item_tokens is not None:
+            if self.max_item_tokens < 1:
+                raise ValueError("TextPrompt: item_tokens needs max_item_tokens >= 1")
+            object.__setattr__(self, "item_tokens", tuple(
+                tuple(int(t) for t in toks[:self.max_item_tokens]) for toks in self.item_tokens))
+
+    def item_text(self, item: int) -> tuple[int, ...]:
+        """The text tokens before item ``item``'s SID (empty without ``item_tokens``)."""
+        return () if self.item_tokens is None else self.item_tokens[item]
+
+    def check(self, vocab: SIDVocab, num_items: int | None = None) -> None:
+        """Raises if a token is not a text id of ``vocab`` or items lack text tokens."""
+        tokens = list(self.instruction) + [t for toks in self.item_tokens or () for t in toks]
+        bad = [t for t in tokens if not 0 <= t < vocab.text_size or t == vocab.pad_id]
+        if bad:
+            raise ValueError(f"prompt token ids {bad[:5]} are not text ids of the vocabulary "
+                             f"(0..{vocab.text_size - 1}, not PAD {vocab.pad_id})")
+        if num_items is not None and self.item_tokens is not None and \
+                len(self.item_tokens) < num_items:
+            raise ValueError(f"TextPrompt has text tokens for {len(self.item_tokens)} items, the "
+                             f"catalog has {num_items}")
 
 
-def encode_items(items: np.ndarray, sid_codes: np.ndarray, vocab: SIDVocab,
-                 length: int) -> dict[str, np.ndarray]:
+def sequence_length(num_items: int, num_levels: int, prompt: TextPrompt | None = None) -> int:
+    """Length of an encoded history of ``num_items`` items (BOS and, with ``prompt``, at most
+    its instruction and item text tokens included)."""
+    if prompt is None:
+        return 1 + num_items * num_levels
+    per_item = num_levels + (prompt.max_item_tokens if prompt.item_tokens is not None else 0)
+    return 1 + len(prompt.instruction) + num_items * per_item
+
+
+def _encode_with_prompt(items: np.ndarray, sid_codes: np.ndarray, vocab: SIDVocab, length: int,
+                        prompt: TextPrompt, bare_last: bool) -> dict[str, np.ndarray]:
+    """:func:`encode_items` with text tokens (see :class:`TextPrompt`)."""
+    levels_n = vocab.num_levels
+    budget = length - 1 - len(prompt.instruction)
+    if budget < 0:
+        raise ValueError(f"length {length} cannot hold BOS and the {len(prompt.instruction)} "
+                         "instruction tokens")
+    pieces = []  # (tokens, codes, levels) per item, most recent first
+    for k, item in enumerate(items[::-1]):
+        text = () if (bare_last and k == 0) else prompt.item_text(int(item))
+        cost = len(text) + levels_n
+        if cost > budget:
+            break
+        budget -= cost
+        codes = np.asarray(sid_codes[item], np.int32)
+        pieces.append((np.concatenate([np.asarray(text, np.int32), vocab.sid_tokens(codes)]),
+                       np.concatenate([np.zeros(len(text), np.int32), codes]),
+                       np.concatenate([np.zeros(len(text), np.int32),
+                                       np.arange(1, levels_n + 1, dtype=np.int32)])))
+    head = np.asarray((vocab.bos_id,) + prompt.instruction, np.int32)
+    parts = [head] + [p[0] for p in pieces[::-1]]
+    tokens = np.concatenate(parts)
+    out = {"tokens": np.full(length, vocab.pad_id, np.int32),
+           "codes": np.zeros(length, np.int32), "levels": np.zeros(length, np.int32)}
+    out["tokens"][length - len(tokens):] = tokens
+    for key, col in (("codes", 1), ("levels", 2)):
+        values = np.concatenate([np.zeros(len(head), np.int32)] + [p[col] for p in pieces[::-1]])
+        out[key][length - len(values):] = values
+    return out
+
+
+def encode_items(items: np.ndarray, sid_codes: np.ndarray, vocab: SIDVocab, length: int,
+                 prompt: TextPrompt | None = None, *,
+                 bare_last: bool = False) -> dict[str, np.ndarray]:
     """Encodes an item history as left-padded ``tokens``, ``codes``, ``levels`` of ``length``.
 
-    Keeps the most recent items that fit after BOS.
+    Keeps the most recent items that fit after BOS (and the prompt's instruction). With
+    ``prompt``, each item's text tokens precede its SID, except the last item's when
+    ``bare_last`` (a training window's predicted item; see :class:`TextPrompt`).
     """
+    if prompt is not None:
+        return _encode_with_prompt(np.asarray(items, np.int64), sid_codes, vocab, length, prompt,
+                                   bare_last)
     levels_n = vocab.num_levels
     keep = (length - 1) // levels_n
     items = np.asarray(items, np.int64)[-keep:] if keep else np.zeros(0, np.int64)
@@ -69,11 +190,11 @@ def encode_items(items: np.ndarray, sid_codes: np.ndarray, vocab: SIDVocab,
     tokens = vocab.level_offsets[levels - 1] + codes
     n = 1 + len(codes)
     out = {
-        "tokens": np.full(length, PAD, np.int32),
+        "tokens": np.full(length, vocab.pad_id, np.int32),
         "codes": np.zeros(length, np.int32),
         "levels": np.zeros(length, np.int32),
     }
-    out["tokens"][length - n] = BOS
+    out["tokens"][length - n] = vocab.bos_id
     out["tokens"][length - n + 1:] = tokens
     out["codes"][length - n + 1:] = codes
     out["levels"][length - n + 1:] = levels
@@ -88,17 +209,39 @@ def _window(sequence: np.ndarray, max_history: int, rng: np.random.Generator) ->
 
 
 def training_example(sequence: np.ndarray, sid_codes: np.ndarray, vocab: SIDVocab,
-                     max_history: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+                     max_history: int, rng: np.random.Generator,
+                     prompt: TextPrompt | None = None) -> dict[str, np.ndarray]:
     """One next-token example: a window of at most ``max_history`` items ending at a random item.
 
     Returns ``tokens/codes/levels`` (inputs) and ``targets`` (next token; PAD where there is none),
-    each of length ``max_history * L``.
+    each of length ``sequence_length(max_history, L, prompt) - 1``.
     """
     full = encode_items(_window(sequence, max_history, rng), sid_codes, vocab,
-                        sequence_length(max_history, vocab.num_levels))
+                        sequence_length(max_history, vocab.num_levels, prompt), prompt,
+                        bare_last=True)
     example = {k: v[:-1] for k, v in full.items()}
     example["targets"] = full["tokens"][1:]
     return example
+
+
+def encode_item_ids(items: np.ndarray, length: int) -> np.ndarray:
+    """Item indices as left-padded item tokens ``[length]``: item i is token i + 1, PAD is 0.
+
+    Keeps the most recent ``length`` items (the input of ID-based models such as SASRec).
+    """
+    items = np.asarray(items, np.int64)[-length:] if length else np.zeros(0, np.int64)
+    out = np.zeros(length, np.int32)
+    out[length - len(items):] = items + 1
+    return out
+
+
+def item_training_example(sequence: np.ndarray, max_history: int,
+                          rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One next-item example for an ID-based model: a window of at most ``max_history + 1`` items
+    ending at a random item; ``items`` (inputs) and ``targets`` (next item token, PAD where none),
+    each left-padded to ``max_history``."""
+    full = encode_item_ids(_window(sequence, max_history + 1, rng), max_history + 1)
+    return {"items": full[:-1], "targets": full[1:]}
 
 
 def decode_int32(record: bytes) -> np.ndarray:
@@ -127,6 +270,7 @@ def packed_row(windows: list[np.ndarray], sid_codes: np.ndarray, vocab: SIDVocab
     levels_n = vocab.num_levels
     out = {k: np.zeros(length, np.int32)
            for k in ("tokens", "codes", "levels", "targets", "segment_ids", "positions")}
+    out["tokens"][:] = out["targets"][:] = vocab.pad_id
     at = 0
     for segment, window in enumerate(windows, start=1):
         fit = (length - at) // levels_n
@@ -149,7 +293,8 @@ def packed_row(windows: list[np.ndarray], sid_codes: np.ndarray, vocab: SIDVocab
 def train_dataset(train_sequences, sid_codes: np.ndarray, vocab: SIDVocab, *,
                   max_history: int, batch_size: int, seed: int,
                   shard_index: int | None = None, shard_count: int | None = None,
-                  pack_segments: int = 0, pack_length: int | None = None) -> grain.MapDataset:
+                  pack_segments: int = 0, pack_length: int | None = None,
+                  item_ids: bool = False, prompt: TextPrompt | None = None) -> grain.MapDataset:
     """An infinite grain ``MapDataset`` of training batches; element ``i`` is the batch of step i.
 
     Users are shuffled by seed, reshuffled every epoch; window ends are drawn from
@@ -172,7 +317,22 @@ def train_dataset(train_sequences, sid_codes: np.ndarray, vocab: SIDVocab, *,
     causal), positions (RoPE) restart at 0 with each segment's BOS, and the loss must ignore
     ``targets == PAD`` (padding and nothing else: every segment's last input predicts its last
     code).
+
+    ``item_ids=True`` streams :func:`item_training_example` rows (``items``/``targets`` of item
+    tokens, for ID-based baselines) instead of SID tokens; ``sid_codes``/``vocab`` are then unused.
+
+    ``prompt`` (:class:`TextPrompt`) adds text tokens: an instruction after BOS and/or each
+    history item's text before its SID (rows are then ``sequence_length(max_history, L, prompt)
+    - 1`` long). Not with packing or ``item_ids``.
     """
+    if item_ids and pack_segments:
+        raise ValueError("packing (data.pack_segments) is for SID sequences; set it to 0 for an "
+                         "item-ID model")
+    if prompt is not None and (pack_segments or item_ids):
+        raise ValueError("text prompt tokens work with padded SID rows only: set "
+                         "data.pack_segments=0 (and use a SID model)")
+    if prompt is not None:
+        prompt.check(vocab, len(sid_codes))
     if isinstance(train_sequences, list):
         usable = [s for s in train_sequences if len(s) > 0]
     else:
@@ -187,9 +347,11 @@ def train_dataset(train_sequences, sid_codes: np.ndarray, vocab: SIDVocab, *,
 
     def make(index, user):
         rng = np.random.default_rng((seed, index))
+        if item_ids:
+            return item_training_example(usable[user], max_history, rng)
         if pack_segments:
             return _window(usable[user], max_history, rng)
-        return training_example(usable[user], sid_codes, vocab, max_history, rng)
+        return training_example(usable[user], sid_codes, vocab, max_history, rng, prompt)
 
     ds = grain.MapDataset.range(len(usable)).shuffle(seed=seed).repeat(None).map_with_index(make)
     if pack_segments:
@@ -213,8 +375,9 @@ def train_iterator(dataset: grain.MapDataset, start_step: int = 0, *, num_thread
 
 
 def eval_arrays(histories: list[np.ndarray], sid_codes: np.ndarray, vocab: SIDVocab,
-                max_history: int) -> dict[str, np.ndarray]:
-    """Encodes evaluation histories into stacked ``[U, 1 + max_history * L]`` arrays."""
-    length = sequence_length(max_history, vocab.num_levels)
-    encoded = [encode_items(h, sid_codes, vocab, length) for h in histories]
+                max_history: int, prompt: TextPrompt | None = None) -> dict[str, np.ndarray]:
+    """Encodes evaluation histories into stacked ``[U, sequence_length(max_history, L, prompt)]``
+    arrays (``[U, 1 + max_history * L]`` without a prompt)."""
+    length = sequence_length(max_history, vocab.num_levels, prompt)
+    encoded = [encode_items(h, sid_codes, vocab, length, prompt) for h in histories]
     return {k: np.stack([e[k] for e in encoded]) for k in ("tokens", "codes", "levels")}

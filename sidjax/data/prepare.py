@@ -268,7 +268,8 @@ def prepare_dataset(
       kcore: ``(user_min, item_min)`` or one int for both: iterated k-core filter before cleaning.
       text_template: item text template (module docstring); ``None`` keeps the reader's text.
       vectors: ``"auto"`` (text if any item has text, else collab), ``"text"`` (MiniLM),
-        ``"collab"`` (PPMI + SVD of training co-occurrences) or a ``.npy``/``.npz`` vector file.
+        ``"collab"`` (PPMI + SVD of training co-occurrences) or a ``.npy``/``.npz``/``.parquet``
+        vector file.
       vector_dim, seed: size and seed of collaborative vectors.
       min_interactions: users with fewer items are dropped (or an error if ``strict``).
       strict: raise on short users, duplicate events and (text vectors) items without text.
@@ -412,7 +413,8 @@ def add_prepare_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--path", required=True, help="dataset folder or file")
     p.add_argument("--out", required=True, help="prepared folder to write (atomically)")
     p.add_argument("--vectors", default="auto",
-                   help="auto | text | collab | PATH (.npy in item order, or .npz with ids/vectors)")
+                   help="auto | text | collab | PATH (.npy in item order; .npz with ids/vectors or "
+                        ".parquet keyed by item id, matched by id)")
     p.add_argument("--vector-dim", type=int, default=64, help="size of collaborative vectors")
     p.add_argument("--text-template", default=None,
                    help="item text fields, e.g. "

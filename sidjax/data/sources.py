@@ -401,14 +401,18 @@ def _read_columns(
     _require(path)
     if sep is None and suffix in (".parquet", ".pq"):
         try:
+            import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
             raise ImportError(f"reading {path} needs pyarrow: pip install pyarrow") from None
-        names = pq.read_schema(path).names
-        missing = [c for c in columns if c not in names]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {missing} (has: {', '.join(names)})")
-        table = pq.read_table(path, columns=list(dict.fromkeys(columns)))
+        try:
+            names = pq.read_schema(path).names
+            missing = [c for c in columns if c not in names]
+            if missing:
+                raise ValueError(f"{path}: missing column(s) {missing} (has: {', '.join(names)})")
+            table = pq.read_table(path, columns=list(dict.fromkeys(columns)))
+        except pa.ArrowException as err:
+            raise ValueError(f"{path}: not a readable Parquet file ({err})") from None
         return {c: table.column(c).to_pylist() for c in columns}, lambda i: f"{path}: row {i + 1}"
     with path.open(encoding=_encoding(path), newline="") as f:
         if sep is None:

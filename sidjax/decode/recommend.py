@@ -36,7 +36,8 @@ def recommend_for_histories(model, prep, histories: Sequence[Sequence[str]], k: 
     truncated to the model's ``data.max_history`` most recent items; an empty history is allowed
     (the model then sees only BOS). Beam width ``max(k, eval.beam_size)`` unless ``beam`` is given.
     Returns one dict per history: ``{"history", "items" (ids), "scores" (summed SID
-    log-probabilities, best first), "titles" (or None)}``.
+    log-probabilities, or item log-probabilities for a SASRec model; best first), "titles" (or
+    None)}``.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -46,9 +47,18 @@ def recommend_for_histories(model, prep, histories: Sequence[Sequence[str]], k: 
         raise ValueError(f"beam ({width}) must be >= k ({k})")
     indices = [item_indices(h, prep.data.item_ids, source=f"history {n}")
                for n, h in enumerate(histories)]
-    arrays = eval_arrays(indices, prep.sids.codes, prep.vocab, cfg.data.max_history)
-    items, scores = recommend(model, prep.trie, arrays, prep.vocab, beam=width,
-                              batch_size=batch_size or cfg.eval.batch_size)
+    if hasattr(model, "item_logits"):  # an item-ID model (SASRec) scores every item at once
+        from sidjax.data.pipeline import encode_item_ids
+        from sidjax.decode.items import rank_items
+
+        items_in = np.stack([encode_item_ids(h, cfg.data.max_history) for h in indices])
+        items, scores, _ = rank_items(model, items_in, prep.sids.codes, np.zeros(len(indices), int),
+                                      k=k, batch_size=batch_size or cfg.eval.batch_size)
+    else:
+        arrays = eval_arrays(indices, prep.sids.codes, prep.vocab, cfg.data.max_history,
+                             prep.prompt)
+        items, scores = recommend(model, prep.trie, arrays, prep.vocab, beam=width,
+                                  batch_size=batch_size or cfg.eval.batch_size)
     titles = item_titles(prep.data)
     out = []
     for history, row, row_scores in zip(histories, items[:, :k], scores[:, :k]):

@@ -122,18 +122,21 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def comparison_report(results_per_model: Mapping[str, PerUser], *, baseline: str = "baseline",
-                      candidate: str = "prefixmem", target_items=None, item_counts=None,
-                      history_lengths=None, ks: Sequence[int] = (5, 10),
-                      num_samples: int = 1000, seed: int = 0) -> str:
+                      candidate: str | Sequence[str] = "prefixmem", target_items=None,
+                      item_counts=None, history_lengths=None, ks: Sequence[int] = (5, 10),
+                      num_samples: int = 1000, seed: int = 0, include_hard: bool = True) -> str:
     """Markdown sections comparing models evaluated on the same users.
 
     ``results_per_model``: ``{model: per_user_values(...)}``, e.g. popularity, baseline, prefixmem.
     Sections: results with 95% bootstrap intervals for Recall@10 / NDCG@10 and relative gains of
-    ``candidate`` over ``baseline``; a paired test between them; hard examples (baseline greedy
-    full-SID decode wrong) when the baseline has ``greedy_acc``; breakdowns by target popularity and
-    history length when the corresponding arrays are given. Missing models/metrics are skipped.
+    each ``candidate`` (a name or several) over ``baseline``; a paired test of each against it;
+    hard examples (baseline greedy full-SID decode wrong) when the baseline has ``greedy_acc`` and
+    ``include_hard``; breakdowns by target popularity and history length when the corresponding
+    arrays are given. Missing models/metrics are skipped.
     """
     results = dict(results_per_model)
+    candidates = [c for c in ([candidate] if isinstance(candidate, str) else candidate)
+                  if c in results and c != baseline and baseline in results]
     _num_users(results)
     cis = confidence_intervals(results, num_samples=num_samples, seed=seed)
     metrics = ([f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["greedy_acc"]
@@ -150,26 +153,25 @@ def comparison_report(results_per_model: Mapping[str, PerUser], *, baseline: str
         return _fmt(float(np.mean(r[m])))
 
     rows = [[name] + [cell(name, m) for m in metrics] for name in results]
-    both = baseline in results and candidate in results
-    if both:
+    for other in candidates:
         gain = []
         for m in metrics:
-            a, b = results[candidate].get(m), results[baseline].get(m)
+            a, b = results[other].get(m), results[baseline].get(m)
             base = None if b is None else float(np.mean(b))
             gain.append("–" if a is None or not base else f"{100 * (np.mean(a) / base - 1):+.1f}%")
-        rows.append([f"{candidate} vs {baseline}"] + gain)
+        rows.append([f"{other} vs {baseline}"] + gain)
     lines = ["## Results", "",
              f"{_num_users(results)} users; [lo, hi] = 95% bootstrap interval over users "
              f"({num_samples} resamples).", ""]
     lines += _table(["model"] + metrics, rows)
-    if both:
-        lines += ["", f"### Paired test: {candidate} - {baseline} (same users)", ""]
-        tests = paired_comparison(results, candidate, baseline, num_samples=2 * num_samples,
+    for other in candidates:
+        lines += ["", f"### Paired test: {other} - {baseline} (same users)", ""]
+        tests = paired_comparison(results, other, baseline, num_samples=2 * num_samples,
                                   seed=seed)
         lines += _table(["metric", "mean diff", "95% CI", "p (sign-flip)"],
                         [[m, f"{t['mean_diff']:+.4f}", f"[{t['ci_lo']:+.4f}, {t['ci_hi']:+.4f}]",
                           f"{t['p_value']:.4f}"] for m, t in tests.items()])
-    if "greedy_acc" in results.get(baseline, {}):
+    if include_hard and "greedy_acc" in results.get(baseline, {}):
         hard = hard_examples(results, baseline)
         count = int(next(iter(hard.values()))["count"])
         cols = ["greedy_acc"] + [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks]

@@ -2,22 +2,25 @@
 
 ``SIDRecommender`` is the Flax NNX module trained and decoded by sidjax. With
 ``model.prefixmem.enabled`` the PrefixMem output (a pure function of its own parameter pytree) is
-added to the token embeddings at SID positions, the way a vision encoder feeds a language model;
-without it the model is the plain "SID tokens in the vocabulary" baseline.
+added to the token embeddings at SID positions, the way a vision encoder feeds a language model
+(or, with ``model.prefixmem.inject_layers``, to the residual stream before those decoder blocks,
+from memory rows read once per call); without it the model is the plain "SID tokens in the
+vocabulary" baseline. The decoder is any family of :mod:`sidjax.nn.families` (default: Llama-style).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from sidjax.config import ModelConfig, PrefixMemConfig
-from sidjax.data.pipeline import PAD, SIDVocab
-from sidjax.nn import prefixmem
-from sidjax.nn.decoder import Decoder
+from sidjax.data.pipeline import SIDVocab
+from sidjax.nn import families, prefixmem
 
 
 def resolve_prefixmem(cfg: ModelConfig, codes_per_level: tuple[int, ...]) -> PrefixMemConfig:
@@ -47,27 +50,68 @@ def positions_from_segments(valid: jax.Array, segment_ids: jax.Array) -> jax.Arr
 
 
 class SIDRecommender(nnx.Module):
-    """Decoder-only generative recommender over SID tokens."""
+    """Decoder-only generative recommender over SID tokens (any family of sidjax.nn.families).
 
-    def __init__(self, cfg: ModelConfig, vocab: SIDVocab, *, rngs: nnx.Rngs):
+    ``mesh`` (a ``jax.sharding.Mesh``) and ``rules`` (default
+    :data:`sidjax.parallel.DEFAULT_RULES`): PrefixMem reads its row-sharded table with
+    :func:`sidjax.parallel.sharded_take` (shard_map: masked local gather + psum) instead of a
+    plain gather; the table rows are padded to the row axis (:func:`prefixmem.for_mesh`). Set
+    ``model.mesh = None`` to run a trained model on one device.
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab: SIDVocab, *, rngs: nnx.Rngs, mesh=None,
+                 rules=None):
+        arch = families.resolve(cfg)
+        self.arch = arch
         self.vocab_size = vocab.size
-        self.embed = nnx.Embed(vocab.size, cfg.d_model, rngs=rngs)
-        self.embed_dropout = nnx.Dropout(cfg.dropout)
-        self.decoder = Decoder(cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.head_dim,
-                               cfg.mlp_dim, cfg.rope_base, cfg.dropout, rngs=rngs)
-        self.head = nnx.Linear(cfg.d_model, vocab.size, use_bias=False, rngs=rngs)
-        self.pm_cfg = resolve_prefixmem(cfg, vocab.codes_per_level) if cfg.prefixmem.enabled else None
+        self.pad_id = vocab.pad_id
+        self.embed = nnx.Embed(vocab.size, arch.d_model, rngs=rngs)
+        self.embed_dropout = nnx.Dropout(arch.dropout)
+        self.decoder = families.build_decoder(arch, rngs=rngs)
+        if not arch.tie_embeddings:
+            self.head = nnx.Linear(arch.d_model, vocab.size, use_bias=False, rngs=rngs)
+        self.pm_cfg = resolve_prefixmem(arch, vocab.codes_per_level) if arch.prefixmem.enabled \
+            else None
         if self.pm_cfg is not None:
+            if mesh is not None:
+                self.pm_cfg = prefixmem.for_mesh(self.pm_cfg, mesh, rules)
+            too_deep = [i for i in self.pm_cfg.inject_layers if i >= arch.num_layers]
+            if too_deep:
+                raise ValueError(f"model.prefixmem.inject_layers={self.pm_cfg.inject_layers} names "
+                                 f"blocks {too_deep}, but model.num_layers={arch.num_layers}")
             self.prefixmem = nnx.Dict({k: nnx.Param(v) for k, v in prefixmem.init(
                 rngs.params(), self.pm_cfg).items()})
+        self.mesh = mesh
+        self.rules = rules
 
-    def embed_tokens(self, tokens, codes, levels):
-        """Input states ``[B, T, D]``: token embeddings plus PrefixMem at SID positions."""
+    def embed_tokens(self, tokens):
+        """Token embeddings ``[..., D]`` (times ``sqrt(D)`` with ``embed_scale``, as Gemma)."""
         x = self.embed(tokens)
-        if self.pm_cfg is not None:
-            params = {k: v[...] for k, v in self.prefixmem.items()}
-            x = x + prefixmem.apply(params, codes, levels, cfg=self.pm_cfg, hidden=x)
+        if self.arch.embed_scale:
+            x = x * jnp.asarray(math.sqrt(self.arch.d_model), x.dtype)
         return x
+
+    def logits(self, states):
+        """Next-token logits ``[..., V]`` of final states ``[..., D]`` (tied: the embedding)."""
+        if self.arch.tie_embeddings:
+            return self.embed.attend(states)
+        return self.head(states)
+
+    def _with_prefixmem(self, x, codes, levels, last_only: bool = False):
+        """``(x + PrefixMem at the embeddings, before_block hook)`` (unchanged and None without it).
+
+        ``codes, levels [..., T]`` (``x [..., T, D]``); with ``last_only`` they are windows whose
+        last position only is fed (``x [..., D]``; the earlier positions only feed the n-grams).
+        """
+        if self.pm_cfg is None:
+            return x, None
+        params = {k: v[...] for k, v in self.prefixmem.items()}
+        memory = prefixmem.read_memory(params, codes, levels, cfg=self.pm_cfg, mesh=self.mesh,
+                                       rules=self.rules)
+        if last_only:
+            memory, levels = memory[..., -1, :], levels[..., -1]
+        inject = functools.partial(prefixmem.inject, params, memory, levels=levels, cfg=self.pm_cfg)
+        return inject(x=x, layer=None), lambda i, h: inject(x=h, layer=i)
 
     def __call__(self, tokens, codes, levels, *, dropout_key=None, segment_ids=None,
                  positions=None):
@@ -78,17 +122,18 @@ class SIDRecommender(nnx.Module):
         in each segment). Every segment starts with BOS, so PrefixMem's n-grams never cross one.
         """
         rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
-        valid = tokens != PAD
+        valid = tokens != self.pad_id
         if segment_ids is not None:
             valid = valid & (segment_ids > 0)
             if positions is None:
                 positions = positions_from_segments(valid, segment_ids)
         elif positions is None:
             positions = positions_from_valid(valid)
-        x = self.embed_tokens(tokens, codes, levels)
+        x, hook = self._with_prefixmem(self.embed_tokens(tokens), codes, levels)
         x = self.embed_dropout(x, deterministic=rngs is None, rngs=rngs)
-        x, _ = self.decoder(x, positions, valid, rngs=rngs, segment_ids=segment_ids)
-        return self.head(x)
+        x, _ = self.decoder(x, positions, valid, rngs=rngs, segment_ids=segment_ids,
+                            before_block=hook)
+        return self.logits(x)
 
     def prefill(self, tokens, codes, levels, extra: int = 0):
         """Encodes histories once; returns ``(logits of the last position [B, V], cache)``.
@@ -96,12 +141,13 @@ class SIDRecommender(nnx.Module):
         The cache has room for ``extra`` more tokens per sequence (0 for :meth:`beam_step`, which
         keeps generated tokens in a separate per-beam cache).
         """
-        valid = tokens != PAD
+        valid = tokens != self.pad_id
         cache = self.decoder.init_cache(tokens.shape[0], tokens.shape[1] + extra)
-        x = self.embed_tokens(tokens, codes, levels)
-        x, cache = self.decoder(x, positions_from_valid(valid), valid, cache=cache)
+        x, hook = self._with_prefixmem(self.embed_tokens(tokens), codes, levels)
+        x, cache = self.decoder(x, positions_from_valid(valid), valid, cache=cache,
+                                before_block=hook)
         cache["next_position"] = jnp.sum(valid, axis=-1).astype(jnp.int32)
-        return self.head(x[:, -1]), cache
+        return self.logits(x[:, -1]), cache
 
     def decode_step(self, tokens, codes, levels, cache):
         """Feeds one token per sequence; returns ``(logits [B, V], cache)``.
@@ -109,12 +155,14 @@ class SIDRecommender(nnx.Module):
         ``tokens, codes, levels`` are ``[B, W]`` windows whose last column is the new token; the
         earlier columns (the current item's previous SID tokens) only feed PrefixMem's n-grams.
         """
-        x = self.embed_tokens(tokens, codes, levels)[:, -1:]
+        x, hook = self._with_prefixmem(self.embed_tokens(tokens[:, -1:]), codes[:, None],
+                                       levels[:, None], last_only=True)  # B 1 D
         positions = cache["next_position"][:, None]
         next_position = cache.pop("next_position")
-        x, cache = self.decoder(x, positions, jnp.ones_like(positions, bool), cache=cache)
+        x, cache = self.decoder(x, positions, jnp.ones_like(positions, bool), cache=cache,
+                                before_block=hook)
         cache["next_position"] = next_position + 1
-        return self.head(x[:, -1]), cache
+        return self.logits(x[:, -1]), cache
 
     def beam_step(self, tokens, codes, levels, history: dict, generated: dict | None, depth: int):
         """Feeds the ``depth``-th generated SID token of every beam; returns ``(logits, generated)``.
@@ -125,11 +173,12 @@ class SIDRecommender(nnx.Module):
         the per-beam cache of the ``depth - 1`` earlier tokens (None at depth 1). Returns logits
         ``[B, K, V]`` for the next token and the generated cache grown by one token.
         """
-        x = self.embed_tokens(tokens, codes, levels)[..., -1, :]  # B K D
+        x, hook = self._with_prefixmem(self.embed_tokens(tokens[..., -1]), codes, levels,
+                                       last_only=True)  # B K D
         positions = jnp.broadcast_to(history["next_position"][:, None] + (depth - 1),
                                      x.shape[:2])
-        x, generated = self.decoder.beam_step(x, positions, history, generated)
-        return self.head(x), generated
+        x, generated = self.decoder.beam_step(x, positions, history, generated, before_block=hook)
+        return self.logits(x), generated
 
 
 def count_params(model: nnx.Module) -> int:

@@ -15,12 +15,20 @@ The heads are discarded; :func:`pretrain` returns PrefixMem parameters usable by
 ``prefixmem.apply``. :func:`save_pretrained` / :func:`load_pretrained` store them with orbax, and
 :func:`attach` adapts them to a model of another width (reusing the table, re-initialising the
 projections). ``sidjax pretrain-mem --config X --workdir DIR`` runs it on a config's data.
+
+A checkpoint folder holds ``params/`` (orbax), ``config.json`` (the PrefixMem config) and
+``pretrain_info.json``: the content hash of the SID table it was trained on, a fingerprint of its
+parameters and the pre-training FLOPs. :func:`init_for_run` is what ``sidjax train
+--prefixmem-init PATH`` (``train.prefixmem_init``) uses: it refuses a checkpoint made for another
+SID table or table layout, attaches it, and records the fingerprint in the run folder
+(``prefixmem_init.json``) so that the run hash changes with the init.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -39,6 +47,8 @@ from sidjax.nn import prefixmem as pm
 TABLE_FIELDS = ("codes_per_level", "orders", "exact_threshold", "hash_heads", "hash_table_size",
                 "mem_dim")
 PROJECTION_FIELDS = ("d_model", "fusion", "gate", "inject_layers")
+INFO_FILE = "pretrain_info.json"  # in a pre-trained checkpoint folder
+INIT_RECORD = "prefixmem_init.json"  # in a run folder that started from one
 
 
 def prefix_means(sid_codes: np.ndarray, item_vectors: np.ndarray) -> np.ndarray:
@@ -212,7 +222,36 @@ def pretrain(cfg: PrefixMemConfig, sid_codes, item_vectors, item_counts, *, step
     return state["memory"], history
 
 
+def pretrain_flops(cfg: PrefixMemConfig, *, steps: int, batch_size: int, content_dim: int,
+                   contrastive: bool) -> float:
+    """Forward+backward FLOPs of :func:`pretrain` (3 x forward; a multiply-add is 2; table
+    lookups count 0, as in :mod:`sidjax.eval.compute`).
+
+    Per item and step: the ungated value projection at each of the L levels, the next-code head
+    at L-1 levels (``d x max K``), the content head at L levels (``d x C``); with the contrastive
+    loss, the projections of the ``2 B`` paired items and the ``B x B`` similarity matrix.
+    """
+    levels, d = len(cfg.codes_per_level), cfg.d_model
+    memory = pm.flops_per_token(dataclasses.replace(cfg, gate=False, inject_layers=()))
+    kmax = max(cfg.codes_per_level[1:], default=0)
+    per_item = levels * memory + (levels - 1) * 2 * d * kmax + levels * 2 * d * content_dim
+    forward = batch_size * per_item
+    if contrastive:
+        forward += 2 * batch_size * levels * memory + 2 * batch_size * batch_size * d
+    return 3.0 * forward * steps
+
+
 # ------------------------------------------------------------------------------ save / attach
+
+
+def params_fingerprint(params: dict[str, jax.Array]) -> str:
+    """sha256 of the parameter names, shapes, dtypes and values (identifies a pre-trained init)."""
+    h = hashlib.sha256()
+    for name in sorted(params):
+        value = np.ascontiguousarray(np.asarray(params[name]))
+        h.update(f"{name}:{value.shape}:{value.dtype}|".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()
 
 
 def _cfg_from_json(data: dict, source: Path) -> PrefixMemConfig:
@@ -224,11 +263,16 @@ def _cfg_from_json(data: dict, source: Path) -> PrefixMemConfig:
     return PrefixMemConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
-def save_pretrained(params: dict[str, jax.Array], cfg: PrefixMemConfig, directory) -> Path:
-    """Writes ``params`` (orbax) and ``config.json`` to ``directory`` atomically; returns it.
+def save_pretrained(params: dict[str, jax.Array], cfg: PrefixMemConfig, directory,
+                    info: dict | None = None) -> Path:
+    """Writes ``params`` (orbax), ``config.json`` and ``pretrain_info.json`` to ``directory``
+    atomically; returns it.
 
-    Everything is written to a temporary sibling folder that is then renamed into place, so a
-    reader sees either the old complete checkpoint or the new one.
+    ``info`` (JSON-ready) should hold ``sid_content_hash`` (``SIDTable.content_hash()`` of the SID
+    table pre-trained on; :func:`init_for_run` refuses a checkpoint without it) and
+    ``pretrain_flops``; ``params_sha256`` (:func:`params_fingerprint`) is added. Everything is
+    written to a temporary sibling folder that is then renamed into place, so a reader sees
+    either the old complete checkpoint or the new one.
     """
     import orbax.checkpoint as ocp
 
@@ -242,6 +286,8 @@ def save_pretrained(params: dict[str, jax.Array], cfg: PrefixMemConfig, director
     checkpointer.wait_until_finished()
     checkpointer.close()
     (tmp / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    info = {**(info or {}), "params_sha256": params_fingerprint(params)}
+    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
     if directory.exists():
         os.replace(directory, old)
@@ -275,14 +321,26 @@ def load_pretrained(directory) -> tuple[dict[str, jax.Array], PrefixMemConfig]:
     return dict(params), cfg
 
 
+def read_info(directory) -> dict:
+    """The ``pretrain_info.json`` of a pre-trained checkpoint (``{}`` when it has none)."""
+    path = Path(directory) / INFO_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
+
+
 def attach(pretrained_params: dict[str, jax.Array], pretrained_cfg: PrefixMemConfig,
-           target_cfg: PrefixMemConfig, key: jax.Array) -> dict[str, jax.Array]:
+           target_cfg: PrefixMemConfig, key: jax.Array,
+           fresh: dict[str, jax.Array] | None = None) -> dict[str, jax.Array]:
     """PrefixMem params for ``target_cfg`` that reuse the pre-trained table.
 
     The table layout fields (:data:`TABLE_FIELDS`) must match; padding may differ (rows are
     copied, extra padding rows are zero). The projections and gate are reused when
-    :data:`PROJECTION_FIELDS` match and re-initialised from ``key`` otherwise (e.g. another
-    ``d_model``).
+    :data:`PROJECTION_FIELDS` match; otherwise (e.g. another ``d_model``) they are ``fresh``'s
+    (e.g. the target model's own initial values) or, without it, re-initialised from ``key``.
     """
     differ = [f for f in TABLE_FIELDS if getattr(pretrained_cfg, f) != getattr(target_cfg, f)]
     if differ:
@@ -298,9 +356,81 @@ def attach(pretrained_params: dict[str, jax.Array], pretrained_cfg: PrefixMemCon
     same = all(getattr(pretrained_cfg, f) == getattr(target_cfg, f) for f in PROJECTION_FIELDS)
     if same:
         projections = {k: jnp.asarray(v) for k, v in pretrained_params.items() if k != "table"}
+    elif fresh is not None:
+        projections = {k: jnp.asarray(v) for k, v in fresh.items() if k != "table"}
     else:
         projections = pm.init_projections(key, target_cfg)
     return {"table": table, **projections}
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def recorded_init(workdir) -> dict | None:
+    """The ``prefixmem_init.json`` record of a run folder (None when the run has none)."""
+    path = Path(workdir) / INIT_RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from err
+
+
+def init_for_run(path, target_cfg: PrefixMemConfig, fresh: dict[str, jax.Array],
+                 sid_content_hash: str, workdir, *, key: jax.Array | None = None,
+                 log=None) -> tuple[dict[str, jax.Array] | None, dict]:
+    """Loads the pre-trained PrefixMem at ``path`` for a run in ``workdir``.
+
+    Refuses (``ValueError``) a checkpoint without a recorded SID table hash, one made for another
+    SID table than ``sid_content_hash``, or one whose table layout differs from ``target_cfg``.
+    Returns ``(params, record)``: :func:`attach`'s params (projections from ``fresh``, the model's
+    own, when widths differ) and ``{"path", "fingerprint", "sid_content_hash",
+    "pretrain_flops"}``, also written to ``workdir/prefixmem_init.json``. When ``path`` is gone
+    but ``workdir`` has a record (a run that is resumed from its own checkpoints), returns
+    ``(None, that record)``.
+    """
+    path = Path(path).absolute()
+    if not (path / "config.json").is_file():
+        record = recorded_init(workdir)
+        if record is not None and (Path(workdir) / "checkpoints").is_dir():
+            if log is not None:
+                log(f"pre-trained PrefixMem {path} not found; resuming with the init recorded in "
+                    f"{Path(workdir) / INIT_RECORD} ({record['fingerprint'][:12]})")
+            return None, record
+        raise FileNotFoundError(f"train.prefixmem_init={path}: not a PrefixMem checkpoint (no "
+                                "config.json); write one with `sidjax pretrain-mem --workdir W` "
+                                "and pass W/prefixmem_pretrained")
+    info = read_info(path)
+    if not info.get("sid_content_hash"):
+        raise ValueError(f"{path / INFO_FILE}: no sid_content_hash recorded, so the SID table it "
+                         "was pre-trained on is unknown; pre-train it again with `sidjax "
+                         "pretrain-mem` (it records the hash)")
+    if info["sid_content_hash"] != sid_content_hash:
+        raise ValueError(f"{path} was pre-trained on another SID table (content hash "
+                         f"{info['sid_content_hash'][:12]} != this run's {sid_content_hash[:12]}); "
+                         "pre-train on this run's SIDs (same data and sid.* settings, or copy its "
+                         "sids.npz into the pre-training workdir)")
+    params, cfg = load_pretrained(path)
+    key = jax.random.key(0) if key is None else key
+    try:
+        attached = attach(params, cfg, target_cfg, key, fresh=fresh)
+    except ValueError as err:
+        raise ValueError(f"train.prefixmem_init={path}: {err}") from err
+    record = {"path": str(path), "fingerprint": info.get("params_sha256")
+              or params_fingerprint(params), "sid_content_hash": sid_content_hash,
+              "pretrain_flops": info.get("pretrain_flops")}
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    _write_json(Path(workdir) / INIT_RECORD, record)
+    if log is not None:
+        reused = "table and projections" if all(
+            getattr(cfg, f) == getattr(target_cfg, f) for f in PROJECTION_FIELDS) else \
+            "table (projections: the model's own initialisation, widths differ)"
+        log(f"PrefixMem initialised from {path}: {reused}; fingerprint {record['fingerprint'][:12]}")
+    return attached, record
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -351,7 +481,14 @@ def run_pretrain(args) -> int:
             seed=args.seed, batch_size=args.batch_size, sequences=prep.split.train,
             contrastive_weight=args.contrastive_weight, log_every=max(1, args.steps // 10),
             progress=progress)
-        out = save_pretrained(params, pm_cfg, workdir / "prefixmem_pretrained")
+        flops = pretrain_flops(pm_cfg, steps=args.steps, batch_size=args.batch_size,
+                               content_dim=vectors.shape[1],
+                               contrastive="contrastive" in history[-1])
+        out = save_pretrained(params, pm_cfg, workdir / "prefixmem_pretrained", info={
+            "sid_content_hash": prep.sids.content_hash(), "pretrain_flops": flops,
+            "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+            "seed": args.seed, "contrastive_weight": args.contrastive_weight,
+            "final": history[-1]})
         metrics_path = workdir / "pretrain_metrics.jsonl"
         tmp = Path(f"{metrics_path}.tmp")
         tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
@@ -360,6 +497,7 @@ def run_pretrain(args) -> int:
         print(f"sidjax pretrain-mem: error: {err}", file=sys.stderr)
         return 2
     first, last = history[0], history[-1]
-    print(f"pre-trained PrefixMem for {args.steps} steps: loss {first['loss']:.4f} (step "
-          f"{first['step']}) -> {last['loss']:.4f}; checkpoint {out}")
+    print(f"pre-trained PrefixMem for {args.steps} steps ({flops:.3g} FLOPs): loss "
+          f"{first['loss']:.4f} (step {first['step']}) -> {last['loss']:.4f}; checkpoint {out}; "
+          f"use it with `sidjax train --prefixmem-init {out}`")
     return 0

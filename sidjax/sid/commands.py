@@ -9,42 +9,26 @@ give the same SIDs on the same platform, but SIDs may change across hardware.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 
 from sidjax.sid import quantizer as quant
-from sidjax.sid import rqkmeans, rqvae
-from sidjax.sid.diagnostics import sid_diagnostics
-from sidjax.sid.reassign import reassign_collisions
-from sidjax.sid.table import (
-    SIDTable,
-    add_collision_level,
-    check_item_ids,
-    load_sid_table,
-    save_sid_table,
-)
+from sidjax.sid.build import METHODS, SIDBuild, build, quantizer_config, vectors_sha256
+from sidjax.sid.diagnostics import stats_table
+from sidjax.sid.rqvae import ESTIMATORS, RQVAEConfig
+from sidjax.sid.table import load_sid_table, save_sid_table
 from sidjax.sid.trie import build_trie, save_trie
 
-METHODS = {"rqkmeans": (rqkmeans, rqkmeans.RQKMeansConfig), "rqvae": (rqvae, rqvae.RQVAEConfig)}
+__all__ = ["METHODS", "build_sids", "inspect_sids", "run_sids", "vectors_sha256", "write_build"]
 
 
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
-
-
-def vectors_sha256(vectors: np.ndarray) -> str:
-    """sha256 of the float32 vectors (C order) and their shape."""
-    x = np.ascontiguousarray(vectors, np.float32)
-    h = hashlib.sha256(repr(x.shape).encode())
-    h.update(x.tobytes())
-    return h.hexdigest()
 
 
 def _load_vectors(source, item_ids) -> np.ndarray:
@@ -55,10 +39,32 @@ def _load_vectors(source, item_ids) -> np.ndarray:
     return np.asarray(source, np.float32)
 
 
+def write_build(result: SIDBuild, out_dir, item_titles=None) -> dict:
+    """Writes the artifacts of a build folder (see the module docstring); returns the stats."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_sid_table(result.table, out / "sids.npz")
+    quant.save_quantizer(result.quantizer, out / "quantizer.npz")
+    save_trie(build_trie(result.table.codes), out / "trie.npz")
+    if item_titles is not None:
+        _write_json(out / "titles.json", [str(t) for t in item_titles])
+    cfg = result.quantizer.config
+    stats = {"method": result.method, "config": dict(vars(cfg)),
+             "vectors_sha256": result.vectors_sha256, "num_items": result.table.num_items,
+             "dim": int(result.quantizer.dim), "extra_level": result.extra_level,
+             "fit_seconds": round(result.fit_seconds, 3), "table_sha256": result.table.content_hash(),
+             "diagnostics": result.diagnostics}
+    if result.method == "rqvae":
+        stats["training_log"] = result.quantizer.log
+    _write_json(out / "sid_stats.json", stats)
+    return stats
+
+
 def build_sids(vectors_path_or_array, item_ids, *, method: str = "rqkmeans", levels: int = 3,
                codes: int | tuple[int, ...] = 256, out_dir, seed: int = 0, reassign: bool = True,
-               item_titles=None, log=print, **options) -> dict:
-    """Builds unique SIDs and writes the artifacts of the folder ``out_dir``; returns the stats.
+               split_prefixes: bool = True, item_titles=None, log=print, **options) -> dict:
+    """Builds unique SIDs (:func:`sidjax.sid.build.build`) and writes the artifacts of the folder
+    ``out_dir``; returns the stats.
 
     Args:
       vectors_path_or_array: ``[N, D]`` array or a ``.npy`` / ``.npz`` file (see
@@ -67,65 +73,29 @@ def build_sids(vectors_path_or_array, item_ids, *, method: str = "rqkmeans", lev
       method: ``"rqkmeans"`` or ``"rqvae"``.
       reassign: zero-collision reassignment (extra level only for prefixes without free codes);
         ``False`` always appends the collision level.
+      split_prefixes: before reassigning, cap length-(L-1) prefixes at ``K_L`` items (see
+        :func:`sidjax.sid.reassign.split_full_prefixes`), so no extra level is needed.
       item_titles: optional N titles, saved for ``inspect``.
       options: other fields of :class:`~sidjax.sid.rqkmeans.RQKMeansConfig` or
         :class:`~sidjax.sid.rqvae.RQVAEConfig` (``iters``, ``balanced``, ``steps``, ...).
     """
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}; use one of {sorted(METHODS)}")
-    module, config_cls = METHODS[method]
-    x = rqkmeans.check_vectors(_load_vectors(vectors_path_or_array, item_ids))
-    ids = check_item_ids(item_ids, len(x))
-    if item_titles is not None and len(item_titles) != len(ids):
-        raise ValueError(f"{len(item_titles)} titles for {len(ids)} items")
-    cfg = config_cls(levels=levels, codes=codes, seed=seed, **options)
-    ks = cfg.codes_per_level()
-    t0 = time.perf_counter()
-    q, base = module.fit_with_codes(x, cfg)
-    fit_s = time.perf_counter() - t0
-    moved, cost = 0, 0.0
-    if reassign:
-        res = reassign_collisions(base, module.residuals_before(q, x, base, levels - 1), q.codebooks[-1])
-        full, moved, cost = res.codes, res.moved, res.cost
-    else:
-        full = add_collision_level(base)
-    per_level = ks + ((int(full[:, -1].max()) + 1,) if full.shape[1] > levels else ())
-    table = SIDTable(full.astype(np.int32), per_level, ids)
-    diag = sid_diagnostics(base, full, per_level, x, module.reconstruct(q, full[:, :levels]),
-                           moved=moved, move_cost=cost)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_sid_table(table, out / "sids.npz")
-    quant.save_quantizer(q, out / "quantizer.npz")
-    save_trie(build_trie(table.codes), out / "trie.npz")
-    if item_titles is not None:
-        _write_json(out / "titles.json", [str(t) for t in item_titles])
-    stats = {"method": method, "config": {k: v for k, v in vars(cfg).items()},
-             "vectors_sha256": vectors_sha256(x), "num_items": len(ids), "dim": int(x.shape[1]),
-             "extra_level": bool(full.shape[1] > levels), "fit_seconds": round(fit_s, 3),
-             "table_sha256": table.content_hash(), "diagnostics": diag}
-    if method == "rqvae":
-        stats["training_log"] = q.log
-    _write_json(out / "sid_stats.json", stats)
-    log(f"built {method} SIDs for {len(ids)} items in {fit_s:.1f}s: levels {per_level}, collision rate "
-        f"before dedup {diag['collision_rate_before_dedup']:.4f}, moved {moved} -> {out}")
+    cfg = quantizer_config(method, levels=levels, codes=codes, seed=seed, **options)
+    vectors = _load_vectors(vectors_path_or_array, item_ids)
+    if item_titles is not None and len(item_titles) != len(item_ids):
+        raise ValueError(f"{len(item_titles)} titles for {len(item_ids)} items; pass one title per item")
+    result = build(vectors, item_ids, cfg, reassign=reassign, split_prefixes=split_prefixes)
+    stats = write_build(result, out_dir, item_titles)
+    d = result.diagnostics
+    log(f"built {method} SIDs for {result.table.num_items} items in {result.fit_seconds:.1f}s: levels "
+        f"{result.table.codes_per_level}, collision rate before dedup "
+        f"{d['collision_rate_before_dedup']:.4f}, moved {d['items_moved']} -> {out_dir}")
     return stats
 
 
-def _stats_table(stats: dict) -> str:
-    d = stats["diagnostics"]
-    lines = ["| level | K | used | utilization | perplexity | prefixes | largest group | median group |",
-             "|---|---|---|---|---|---|---|---|"]
-    for s in d["levels"]:
-        lines.append(f"| {s['level']} | {s['codes']} | {s['used']} | {s['utilization']:.3f} | "
-                     f"{s['perplexity']:.1f} | {s['prefixes']} | {s['largest_group']} | "
-                     f"{s['median_group']:g} |")
-    head = (f"method {stats['method']}, {stats['num_items']} items, dim {stats['dim']}, vectors sha256 "
-            f"{stats['vectors_sha256'][:16]}...\ncollision rate before dedup "
-            f"{d['collision_rate_before_dedup']:.4f}, items moved {d['items_moved']} "
-            f"({d['share_moved']:.2%}, cost {d['move_cost']:.4g}), extra level {stats['extra_level']}, "
-            f"reconstruction mse {d.get('reconstruction_mse', float('nan')):.4g}")
-    return head + "\n" + "\n".join(lines)
+def _stats_header(stats: dict) -> str:
+    return (f"method {stats['method']}, {stats['num_items']} items, dim {stats['dim']}, levels "
+            f"{tuple(stats['diagnostics']['codes_per_level'])}, extra level {stats['extra_level']}, "
+            f"fit {stats['fit_seconds']:.1f}s, vectors sha256 {stats['vectors_sha256'][:16]}...")
 
 
 def _branches(codes: np.ndarray, titles, examples: int, per_branch: int = 4) -> str:
@@ -185,7 +155,8 @@ def inspect_sids(sid_dir, item_titles=None, *, examples: int = 3, plot: bool = T
     if item_titles is None and (sid_dir / "titles.json").is_file():
         item_titles = json.loads((sid_dir / "titles.json").read_text())
     branches = _branches(table.codes, item_titles, examples)
-    text = _stats_table(stats) + "\n\nexample branches:\n" + branches
+    text = _stats_header(stats) + "\n" + stats_table(stats["diagnostics"])
+    text += "\n\nexample branches:\n" + branches
     if plot:
         plot_code_usage(table.codes, table.codes_per_level, sid_dir / "code_usage.png")
         text += f"\n\ncode usage plot: {sid_dir / 'code_usage.png'}"
@@ -202,10 +173,12 @@ def add_sids_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("sids", help="build and inspect Semantic IDs")
     sub = p.add_subparsers(dest="sids_command", required=True)
     b = sub.add_parser("build", help="quantize item vectors into unique SIDs")
-    b.add_argument("--data", required=True, help="dataset folder (any format load_dataset reads)")
+    b.add_argument("--data", required=True, help="dataset folder (any format load_dataset reads, "
+                   "including a `sidjax prepare` folder) or `synthetic` (the demo catalog)")
     b.add_argument("--format", default="auto", help="dataset format (default: detect)")
-    b.add_argument("--vectors", help=".npy/.npz item vectors; default: collaborative vectors of the "
-                   "leave-one-out training split")
+    b.add_argument("--vectors", help=".npy/.npz item vectors; default: the dataset's own vectors "
+                   "(prepared folder, synthetic), else collaborative vectors of the leave-one-out "
+                   "training split")
     b.add_argument("--text", action="store_true", help="embed item text with MiniLM instead")
     b.add_argument("--method", choices=sorted(METHODS), default="rqkmeans")
     b.add_argument("--levels", type=int, default=3)
@@ -213,10 +186,17 @@ def add_sids_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--out", required=True)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--no-reassign", action="store_true", help="always append a collision level")
+    b.add_argument("--no-split", action="store_true", help="do not move items out of length-(L-1) "
+                   "prefixes with more than K_L items (an extra level may then be needed)")
     b.add_argument("--balanced", action="store_true", help="rqkmeans: cap items per code")
     b.add_argument("--slack", type=float, default=0.0)
     b.add_argument("--iters", type=int, default=25, help="rqkmeans Lloyd iterations")
-    b.add_argument("--steps", type=int, default=2000, help="rqvae training steps")
+    vae = RQVAEConfig()
+    b.add_argument("--steps", type=int, default=vae.steps, help="rqvae training steps")
+    b.add_argument("--estimator", choices=ESTIMATORS, default=vae.estimator, help="rqvae gradient "
+                   "estimator")
+    b.add_argument("--beta", type=float, default=vae.beta, help="rqvae commitment weight")
+    b.add_argument("--learning-rate", type=float, default=vae.learning_rate, help="rqvae Adam rate")
     i = sub.add_parser("inspect", help="print SID stats and example branches, plot code usage")
     i.add_argument("dir")
     i.add_argument("--examples", type=int, default=3)
@@ -225,9 +205,14 @@ def add_sids_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def _data_vectors(args) -> tuple[np.ndarray, list[str], list[str] | None]:
-    from sidjax.data.sources import load_dataset
+    if args.data == "synthetic":
+        from sidjax.data.synthetic import synthetic_catalog
 
-    data = load_dataset(args.data, args.format)
+        data = synthetic_catalog()
+    else:
+        from sidjax.data.sources import load_dataset
+
+        data = load_dataset(args.data, args.format)
     titles = (data.item_fields or {}).get("title") or data.item_text
     if args.vectors:
         from sidjax.data.embed import load_item_vectors
@@ -239,6 +224,8 @@ def _data_vectors(args) -> tuple[np.ndarray, list[str], list[str] | None]:
         from sidjax.text import encode_texts
 
         return encode_texts(data.item_text), data.item_ids, titles
+    if data.item_vectors is not None:
+        return data.item_vectors, data.item_ids, titles
     from sidjax.data.embed import collaborative_item_vectors
     from sidjax.data.split import leave_one_out
 
@@ -253,8 +240,11 @@ def run_sids(args) -> int:
         return 0
     vectors, ids, titles = _data_vectors(args)
     options = ({"iters": args.iters, "balanced": args.balanced, "slack": args.slack}
-               if args.method == "rqkmeans" else {"steps": args.steps})
+               if args.method == "rqkmeans" else
+               {"steps": args.steps, "estimator": args.estimator, "beta": args.beta,
+                "learning_rate": args.learning_rate})
     build_sids(vectors, ids, method=args.method, levels=args.levels, codes=args.codes, out_dir=args.out,
-               seed=args.seed, reassign=not args.no_reassign, item_titles=titles, **options)
+               seed=args.seed, reassign=not args.no_reassign, split_prefixes=not args.no_split,
+               item_titles=titles, **options)
     print(inspect_sids(args.out, plot=False))
     return 0

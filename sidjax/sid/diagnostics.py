@@ -69,3 +69,19 @@ def sid_diagnostics(base_codes: np.ndarray, final_codes: np.ndarray, codes_per_l
         out["reconstruction_mse"] = float(np.mean(err) / np.asarray(vectors).shape[1])
         out["relative_reconstruction_error"] = float(np.sum(err) / np.sum(np.asarray(vectors) ** 2))
     return out
+
+
+def stats_table(diagnostics: dict) -> str:
+    """Collision summary line and a markdown table of per-level stats of SID diagnostics."""
+    d = diagnostics
+    lines = [f"collision rate before dedup {d['collision_rate_before_dedup']:.4f}, items moved "
+             f"{d['items_moved']} ({d['share_moved']:.2%}, cost {d['move_cost']:.4g}), unique "
+             f"{d['unique_after']}, relative reconstruction error "
+             f"{d.get('relative_reconstruction_error', float('nan')):.4g}",
+             "| level | K | used | utilization | perplexity | prefixes | largest group | median group |",
+             "|---|---|---|---|---|---|---|---|"]
+    for s in d["levels"]:
+        lines.append(f"| {s['level']} | {s['codes']} | {s['used']} | {s['utilization']:.3f} | "
+                     f"{s['perplexity']:.1f} | {s['prefixes']} | {s['largest_group']} | "
+                     f"{s['median_group']:g} |")
+    return "\n".join(lines)

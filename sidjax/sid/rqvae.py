@@ -4,10 +4,14 @@ Training loss: ``|x - dec(z_q)|^2 + sum_l |sg(r_l) - e_l|^2 + beta |r_l - sg(e_l
 the level-l residual of the latent ``z = enc(x)`` and ``e_l`` its nearest level-l code. Gradients pass
 the quantizer by the straight-through estimator (``z + sg(z_q - z)``) or the rotation trick (Fifty et
 al. 2024: ``z`` rotated and rescaled onto ``z_q`` by a stopped-gradient linear map). Codebooks start as
-k-means of the first batch's residuals; every ``reset_every`` steps, codes unused since the last reset
-are re-drawn from the current batch's residuals, and after the last step codes unused by the fit
-vectors are re-drawn from theirs. Deterministic for a seed
-on one platform.
+k-means of the first batch's residuals, then follow their residuals by moving averages
+(``codebook_ema``: each used code moves ``1 - decay`` of the way to the mean of its batch residuals),
+whatever the scale of the latent. Trained by Adam instead (``codebook_ema=0``) a code moves about one
+learning rate per step, falls behind the spreading latent, and with the straight-through estimator the
+codebook and commitment terms then outgrow the reconstruction gain (the total loss rises) or, with
+small latents, most codes die between resets. Every ``reset_every`` steps, codes unused since the
+last reset are re-drawn from the current batch's residuals, and after the last step codes unused by
+the fit vectors are re-drawn from theirs. Deterministic for a seed on one platform.
 """
 
 from __future__ import annotations
@@ -28,15 +32,21 @@ ESTIMATORS = ("ste", "rotation")
 
 @dataclasses.dataclass(frozen=True)
 class RQVAEConfig:
-    """RQ-VAE settings (TIGER uses hidden (512, 256, 128), latent 32, 3 x 256 codes, beta 0.25)."""
+    """RQ-VAE settings (TIGER uses hidden (512, 256, 128), latent 32, 3 x 256 codes, beta 0.25).
+
+    ``codebook_ema`` is the moving-average decay of the codebooks (0: Adam at ``learning_rate``);
+    ``beta`` weighs the commitment term (1.0 keeps the straight-through estimator's quantization
+    error from outgrowing its reconstruction gain).
+    """
 
     levels: int = 3
     codes: int | tuple[int, ...] = 256
     hidden: tuple[int, ...] = (512, 256, 128)
     latent: int = 32
-    beta: float = 0.25
+    beta: float = 1.0
     estimator: str = "rotation"
     learning_rate: float = 1e-3
+    codebook_ema: float = 0.9
     steps: int = 2000
     batch_size: int = 1024
     reset_every: int = 100
@@ -46,6 +56,15 @@ class RQVAEConfig:
         """``K`` of every level, checked (same rules as residual k-means)."""
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"estimator={self.estimator!r}; use one of {ESTIMATORS}")
+        positive = {"latent": self.latent, "learning_rate": self.learning_rate, "steps": self.steps,
+                    "batch_size": self.batch_size, "reset_every": self.reset_every}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name}={value} must be positive")
+        if not 0.0 <= self.codebook_ema < 1.0:
+            raise ValueError(f"codebook_ema={self.codebook_ema}; use a decay in [0, 1) (0: Adam)")
+        if self.beta < 0 or any(int(h) < 1 for h in self.hidden):
+            raise ValueError(f"beta={self.beta} must be >= 0 and hidden={self.hidden} widths >= 1")
         return RQKMeansConfig(levels=self.levels, codes=self.codes).codes_per_level()
 
 
@@ -103,17 +122,32 @@ def rotate_onto(z: jax.Array, q: jax.Array, eps: float = 1e-8) -> jax.Array:
     return sg(qn / (zn + eps)) * rotated
 
 
-def loss_fn(model: RQVAEModel, x: jax.Array, beta: float, estimator: str):
-    """Total loss and ``(reconstruction loss, codes)``."""
+def loss_fn(model: RQVAEModel, x: jax.Array, beta: float, estimator: str, ema: bool = False):
+    """Total loss and ``(reconstruction loss, codes [N, L], residuals [L, N, E])``.
+
+    With ``ema`` the codebook term is only reported (no gradient): the codebooks follow the residuals
+    by moving averages instead (see :func:`ema_update`).
+    """
     sg = jax.lax.stop_gradient
     z = model.encode(x)
     codes, residuals, selected = model.quantize(z)
     zq = jnp.sum(selected, axis=0)
     zq_st = rotate_onto(z, sg(zq)) if estimator == "rotation" else z + sg(zq - z)
     recon = jnp.mean(jnp.sum((x - model.decode(zq_st)) ** 2, axis=1))
-    vq = jnp.mean(jnp.sum((sg(residuals) - selected) ** 2, axis=-1), axis=1).sum()
+    vq = jnp.mean(jnp.sum((sg(residuals) - (sg(selected) if ema else selected)) ** 2, axis=-1),
+                  axis=1).sum()
     commit = jnp.mean(jnp.sum((residuals - sg(selected)) ** 2, axis=-1), axis=1).sum()
-    return recon + vq + beta * commit, (recon, codes)
+    return recon + vq + beta * commit, (recon, codes, sg(residuals))
+
+
+def ema_update(codebook: jax.Array, residuals: jax.Array, codes: jax.Array, decay: float) -> jax.Array:
+    """Moves every code used in the batch toward the mean of its residuals ``[N, E]``:
+    ``e <- decay * e + (1 - decay) * mean``; unused codes stay (dead-code resets handle them)."""
+    k = codebook.shape[0]
+    sums = jax.ops.segment_sum(residuals, codes, num_segments=k)
+    counts = jax.ops.segment_sum(jnp.ones(codes.shape[0], residuals.dtype), codes, num_segments=k)
+    mean = sums / jnp.maximum(counts, 1.0)[:, None]
+    return jnp.where(counts[:, None] > 0, decay * codebook + (1.0 - decay) * mean, codebook)
 
 
 @dataclasses.dataclass
@@ -128,6 +162,19 @@ class RQVAE:
     @property
     def codebooks(self) -> tuple[np.ndarray, ...]:
         return tuple(np.asarray(cb[...]) for cb in self.model.codebooks)
+
+
+def _optimizer(cfg: RQVAEConfig) -> optax.GradientTransformation:
+    """Adam for the networks; for the codebooks too unless they follow moving averages."""
+    def labels(params):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: "codebook" if "codebooks" in jax.tree_util.keystr(path) else "network",
+            params)
+
+    return optax.multi_transform(
+        {"network": optax.adam(cfg.learning_rate),
+         "codebook": optax.set_to_zero() if cfg.codebook_ema > 0 else optax.adam(cfg.learning_rate)},
+        labels)
 
 
 def _init_codebooks(model: RQVAEModel, x: jax.Array, key: jax.Array) -> None:
@@ -147,17 +194,22 @@ def fit(vectors, cfg: RQVAEConfig, log: Callable[[dict], None] | None = None) ->
         raise ValueError(f"{n} items but {max(ks)} codes per level: need at least as many items as "
                          "codes; lower codes or add items")
     model = RQVAEModel(dim, cfg, nnx.Rngs(cfg.seed))
-    optimizer = nnx.Optimizer(model, optax.adam(cfg.learning_rate), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, _optimizer(cfg), wrt=nnx.Param)
     rng = np.random.default_rng(cfg.seed)
     batch = min(cfg.batch_size, n)
     _init_codebooks(model, jnp.asarray(x_all[rng.choice(n, batch, replace=False)]),
                     jax.random.key(cfg.seed))
 
+    ema = cfg.codebook_ema > 0
+
     @nnx.jit
     def step(model, optimizer, xb):
-        (loss, (recon, codes)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(
-            model, xb, cfg.beta, cfg.estimator)
+        (loss, (recon, codes, residuals)), grads = nnx.value_and_grad(loss_fn, has_aux=True)(
+            model, xb, cfg.beta, cfg.estimator, ema)
         optimizer.update(model, grads)
+        if ema:
+            for lv, cb in enumerate(model.codebooks):
+                cb[...] = ema_update(cb[...], residuals[lv], codes[:, lv], cfg.codebook_ema)
         return loss, recon, codes
 
     usage = [np.zeros(k, np.int64) for k in ks]
@@ -172,7 +224,7 @@ def fit(vectors, cfg: RQVAEConfig, log: Callable[[dict], None] | None = None) ->
             entry = {"step": i, "loss": float(loss), "recon": float(recon),
                      "usage": [float(np.mean(u > 0)) for u in usage], "reset": []}
             if i == cfg.steps:  # final reset: usage of the trained model on all fit vectors
-                entry["reset"] = _reset_dead(model, jnp.asarray(x_all), None)
+                entry["reset"] = _reset_dead(model, x_all, None)
             elif i % cfg.reset_every == 0:
                 entry["reset"] = _reset_dead(model, xb, usage)
                 usage = [np.zeros(k, np.int64) for k in ks]
@@ -196,7 +248,23 @@ def _donors(codes: np.ndarray, err: np.ndarray, count: int) -> np.ndarray:
     return np.asarray(picked, np.int64)
 
 
-def _reset_dead(model: RQVAEModel, xb: jax.Array, usage: list[np.ndarray] | None,
+CHUNK = 65536  # rows encoded at once outside training
+
+
+@nnx.jit
+def _quantize_batch(model: RQVAEModel, x: jax.Array):
+    return model.quantize(model.encode(x))
+
+
+def _quantize_all(model: RQVAEModel, x) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``model.quantize(model.encode(x))`` as NumPy arrays (codes ``[N, L]``, residuals and selected
+    codes ``[L, N, E]``), ``CHUNK`` rows at a time."""
+    parts = [[np.asarray(a) for a in _quantize_batch(model, jnp.asarray(x[i:i + CHUNK]))]
+             for i in range(0, len(x), CHUNK)]
+    return tuple(np.concatenate([p[j] for p in parts], axis=min(j, 1)) for j in range(3))
+
+
+def _reset_dead(model: RQVAEModel, xb, usage: list[np.ndarray] | None,
                 max_rounds: int = 20) -> list[int]:
     """Re-draws dead codes from the residuals of ``xb`` at their level, level by level (later levels
     see the updated residuals). A dead code becomes the residual of an item that its current code
@@ -210,14 +278,14 @@ def _reset_dead(model: RQVAEModel, xb: jax.Array, usage: list[np.ndarray] | None
     for lv, cb in enumerate(model.codebooks):
         total = 0
         for _ in range(1 if usage is not None else max_rounds):
-            codes, residuals, selected = model.quantize(model.encode(xb))
-            codes = np.asarray(codes[:, lv])
+            codes, residuals, selected = _quantize_all(model, xb)
+            codes = codes[:, lv]
             used = usage[lv] if usage is not None else np.bincount(codes, minlength=cb.shape[0])
             dead = np.flatnonzero(used == 0)
             if not len(dead):
                 break
-            res = np.asarray(residuals[lv])
-            rows = _donors(codes, np.sum((res - np.asarray(selected[lv])) ** 2, axis=1), len(dead))
+            res = residuals[lv]
+            rows = _donors(codes, np.sum((res - selected[lv]) ** 2, axis=1), len(dead))
             cb[...] = cb[...].at[dead[: len(rows)]].set(res[rows])
             total += len(rows)
         counts.append(int(total))
@@ -230,8 +298,7 @@ def encode(quantizer: RQVAE, vectors) -> np.ndarray:
     if x.shape[1] != quantizer.dim:
         raise ValueError(f"vectors have dim {x.shape[1]} but the quantizer was fit on dim "
                          f"{quantizer.dim}; use vectors from the same encoder")
-    m = quantizer.model
-    return np.asarray(m.quantize(m.encode(jnp.asarray(x)))[0])
+    return _quantize_all(quantizer.model, x)[0]
 
 
 def fit_with_codes(vectors, cfg: RQVAEConfig) -> tuple[RQVAE, np.ndarray]:
@@ -242,7 +309,9 @@ def fit_with_codes(vectors, cfg: RQVAEConfig) -> tuple[RQVAE, np.ndarray]:
 
 def residuals_before(quantizer: RQVAE, vectors, codes: np.ndarray, level: int) -> np.ndarray:
     """Latent residual quantized by level ``level`` (latent minus the codes of levels < ``level``)."""
-    r = np.asarray(quantizer.model.encode(jnp.asarray(np.asarray(vectors, np.float32))))
+    x = np.asarray(vectors, np.float32)
+    r = np.concatenate([np.asarray(quantizer.model.encode(jnp.asarray(x[i:i + CHUNK])))
+                        for i in range(0, len(x), CHUNK)])
     for lv in range(level):
         r = r - quantizer.codebooks[lv][codes[:, lv]]
     return r
@@ -251,7 +320,8 @@ def residuals_before(quantizer: RQVAE, vectors, codes: np.ndarray, level: int) -
 def reconstruct(quantizer: RQVAE, codes: np.ndarray) -> np.ndarray:
     """Decoded vectors ``[N, dim]`` of ``codes``."""
     zq = sum(cb[codes[:, lv]] for lv, cb in enumerate(quantizer.codebooks))
-    return np.asarray(quantizer.model.decode(jnp.asarray(zq)))
+    return np.concatenate([np.asarray(quantizer.model.decode(jnp.asarray(zq[i:i + CHUNK])))
+                           for i in range(0, len(zq), CHUNK)])
 
 
 def to_arrays(quantizer: RQVAE) -> dict[str, np.ndarray]:

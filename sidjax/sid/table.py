@@ -9,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from sidjax.sid import rqkmeans
-
 
 @dataclasses.dataclass(frozen=True)
 class SIDTable:
@@ -85,41 +83,25 @@ def sid_to_items(codes: np.ndarray) -> dict[tuple[int, ...], list[int]]:
 
 def build_sid_table(vectors: np.ndarray, item_ids: list[str], *, levels: int,
                     codes: int | tuple[int, ...], iters: int = 25, seed: int = 0,
-                    reassign: bool = False, **options) -> tuple[SIDTable, dict]:
-    """Residual k-means SIDs made unique. Returns the table and diagnostics.
+                    reassign: bool = False, method: str = "rqkmeans",
+                    **options) -> tuple[SIDTable, dict]:
+    """Unique SIDs of ``vectors`` (see :func:`sidjax.sid.build.build`). Returns the table and the
+    diagnostics.
 
-    By default an extra collision level numbers the items sharing a SID. With ``reassign=True``
-    colliding items move to free last-level codes of their prefix (:mod:`sidjax.sid.reassign`) and
-    the extra level is added only if some prefix has no free codes. ``options`` are other
-    :class:`~sidjax.sid.rqkmeans.RQKMeansConfig` fields (``balanced``, ``slack``, ``batch_size``, ...).
+    By default residual k-means codes get an extra collision level numbering the items sharing a
+    SID. With ``reassign=True`` colliding items move to free last-level codes of their prefix
+    (:mod:`sidjax.sid.reassign`) and the extra level is added only if some prefix has no free codes.
+    ``options`` are other fields of :class:`~sidjax.sid.rqkmeans.RQKMeansConfig` (``balanced``,
+    ``slack``, ``batch_size``, ...) or, with ``method="rqvae"``, of
+    :class:`~sidjax.sid.rqvae.RQVAEConfig` (``iters`` is then ignored).
     """
-    from sidjax.sid.diagnostics import sid_diagnostics
-    from sidjax.sid.reassign import reassign_collisions
+    from sidjax.sid.build import build, quantizer_config
 
-    x = rqkmeans.check_vectors(vectors)
-    ids = check_item_ids(item_ids, len(x))
-    cfg = rqkmeans.RQKMeansConfig(levels=levels, codes=codes, iters=iters, seed=seed, **options)
-    quantizer, base = rqkmeans.fit_with_codes(x, cfg)
-    ks = cfg.codes_per_level()
-    moved, cost = 0, 0.0
-    if reassign:
-        result = reassign_collisions(base, rqkmeans.residuals_before(quantizer, x, base, levels - 1),
-                                     quantizer.codebooks[-1])
-        full, moved, cost = result.codes, result.moved, result.cost
-    else:
-        full = add_collision_level(base)
-    per_level = ks + ((int(full[:, -1].max()) + 1,) if full.shape[1] > levels else ())
-    recon = rqkmeans.reconstruct(quantizer, full[:, :levels])
-    diagnostics = {
-        "collision_rate": collision_rate(base),
-        "max_collision_group": int(np.unique(base, axis=0, return_counts=True)[1].max()),
-        "codes_used_per_level": [int(len(np.unique(base[:, i]))) for i in range(levels)],
-        "unique_prefixes_per_level": [int(len(np.unique(base[:, : i + 1], axis=0)))
-                                      for i in range(levels)],
-        "reconstruction_mse": float(np.mean((x - recon) ** 2)),
-    }
-    diagnostics.update(sid_diagnostics(base, full, per_level, x, recon, moved=moved, move_cost=cost))
-    return SIDTable(full, per_level, ids), diagnostics
+    if method == "rqkmeans":
+        options = {"iters": iters, **options}
+    cfg = quantizer_config(method, levels=levels, codes=codes, seed=seed, **options)
+    result = build(vectors, item_ids, cfg, reassign=reassign)
+    return result.table, result.diagnostics
 
 
 def save_sid_table(table: SIDTable, path: Path) -> None:
@@ -142,6 +124,12 @@ def load_sid_table(path: Path) -> SIDTable:
             raise ValueError(f"{path}: missing arrays {sorted(missing)}; rebuild the SID table")
         table = SIDTable(f["codes"].astype(np.int32), tuple(int(k) for k in f["codes_per_level"]),
                          tuple(str(i) for i in f["item_ids"]))
+    if table.codes.ndim != 2 or table.codes.shape[1] != len(table.codes_per_level):
+        raise ValueError(f"{path}: codes of shape {table.codes.shape} but {len(table.codes_per_level)} "
+                         f"levels in codes_per_level {table.codes_per_level}; rebuild the SID table")
+    if len(table.item_ids) != table.num_items:
+        raise ValueError(f"{path}: {len(table.item_ids)} item ids for {table.num_items} SIDs; rebuild "
+                         "the SID table")
     if np.any(table.codes < 0) or np.any(table.codes >= np.asarray(table.codes_per_level)):
         raise ValueError(f"{path}: codes out of range of codes_per_level {table.codes_per_level}")
     if len(np.unique(table.codes, axis=0)) != table.num_items:

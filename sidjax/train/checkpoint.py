@@ -1,37 +1,97 @@
-"""Orbax checkpoints of training state (params, optimizer state, step), tied to a config hash.
+"""Orbax checkpoints of training state, tied to a config hash, keeping the last k plus the best.
+
+A checkpoint step holds ``params``, ``opt_state``, ``meta`` (step, config hash, the validation
+tracker's state), ``data`` (the grain iterator state, when the loop streams with one) and, when it
+was validated, orbax's ``metrics`` (the validation metrics). With a best metric the manager keeps
+the last ``max_to_keep`` steps plus the best validated one (``LatestN`` or ``BestN``
+preservation); orbax writes each step to a temporary folder and renames it when complete, so a
+partly written step is never restored.
 
 Restoring reads into the shardings of the target arrays, so a run saved on one mesh resumes on
-another (or on one device). A latest step that cannot be read (truncated or corrupted files) is
-reported and skipped: the previous good step is restored instead.
+another (or on one device). A step that cannot be read (truncated or corrupted files) is reported
+and skipped: the next candidate (the previous step) is restored instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+Log = Callable[[str], None]
 
 
-def manager(directory: Path, max_to_keep: int) -> ocp.CheckpointManager:
-    """A checkpoint manager over ``directory`` keeping the last ``max_to_keep`` steps.
+def metric_getter(best_metric: str, best_mode: str) -> Callable[[dict], float]:
+    """``metrics -> value`` for orbax's ranking; a step without the metric ranks worst."""
+    worst = math.inf if best_mode == "min" else -math.inf
 
-    Orbax writes each step to a temporary folder and renames it when complete, so a partly
-    written step is never restored.
+    def get(metrics) -> float:
+        value = (metrics or {}).get(best_metric)
+        return worst if value is None or math.isnan(value) else float(value)
+
+    return get
+
+
+def manager(directory: Path, max_to_keep: int, best_metric: str | None = None,
+            best_mode: str = "min", create: bool = True) -> ocp.CheckpointManager:
+    """A checkpoint manager over ``directory`` keeping the last ``max_to_keep`` steps and, with
+    ``best_metric``, also the step whose saved metrics are best (``best_mode`` ``min``/``max``)."""
+    if max_to_keep < 1:
+        raise ValueError(f"train.max_checkpoints={max_to_keep} must be >= 1")
+    options = {"create": create}
+    if best_metric:
+        get = metric_getter(best_metric, best_mode)
+        options.update(best_fn=get, best_mode=best_mode, preservation_policy=(
+            checkpoint_managers.AnyPreservationPolicy([
+                checkpoint_managers.LatestN(n=max_to_keep),
+                checkpoint_managers.BestN(get_metric_fn=get, reverse=best_mode == "min", n=1,
+                                          keep_checkpoints_without_metrics=False)])))
+    else:
+        options["max_to_keep"] = max_to_keep
+    return ocp.CheckpointManager(Path(directory).absolute(),
+                                 options=ocp.CheckpointManagerOptions(**options))
+
+
+class _DropUnvalidatedWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_unvalidated_saves():
+    """Orbax warns on every save without metrics when it tracks a best; between validations
+    that is expected."""
+    absl_logger, drop = logging.getLogger("absl"), _DropUnvalidatedWarning()
+    absl_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(drop)
+
+
+def save(mngr: ocp.CheckpointManager, step: int, params, opt_state, config_hash: str, *,
+         data_state: dict | None = None, validation: dict | None = None,
+         metrics: dict | None = None) -> None:
+    """Saves the state of ``step`` (asynchronously; call ``wait_until_finished`` before exit).
+
+    ``data_state`` is the data iterator's JSON state, ``validation`` the best tracker's state and
+    ``metrics`` this step's validation metrics (which rank it for keep-best).
     """
-    return ocp.CheckpointManager(
-        Path(directory).absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-    )
-
-
-def save(mngr: ocp.CheckpointManager, step: int, params, opt_state, config_hash: str) -> None:
-    """Saves the state of ``step`` (asynchronously; call ``wait_until_finished`` before exit)."""
-    mngr.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params),
-        opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave({"step": step, "config_hash": config_hash})), force=True)
+    items = {"params": ocp.args.StandardSave(params),
+             "opt_state": ocp.args.StandardSave(opt_state),
+             "meta": ocp.args.JsonSave({"step": step, "config_hash": config_hash,
+                                        "validation": validation})}
+    if data_state is not None:
+        items["data"] = ocp.args.JsonSave(data_state)
+    with _quiet_unvalidated_saves():
+        mngr.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True)
 
 
 def _abstract(tree):
@@ -39,25 +99,38 @@ def _abstract(tree):
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def check_hash(mngr: ocp.CheckpointManager, step: int, config_hash: str) -> None:
-    """Raises when checkpoint ``step`` was made under another config or SID table."""
+def check_hash(mngr: ocp.CheckpointManager, step: int, config_hash: str) -> dict:
+    """Returns the ``meta`` of checkpoint ``step``; raises when it was made under another config
+    or SID table."""
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     saved = meta.get("config_hash", "")
     if config_hash and saved and saved != config_hash:
         raise ValueError(
             f"checkpoint {mngr.directory}/{step} was made with another config or SID table "
             f"(hash {saved[:12]} != {config_hash[:12]}); use a new --workdir or the old config")
+    return meta
 
 
-def _restore_newest_good(mngr: ocp.CheckpointManager, items: dict, config_hash: str,
-                         log: Callable[[str], None] | None):
-    """``(step, restored items)`` of the newest step that reads back, or ``(None, None)``."""
-    steps = sorted(mngr.all_steps(), reverse=True)
+@dataclasses.dataclass(frozen=True)
+class Restored:
+    """A checkpoint read back: its step, arrays, ``meta`` and data iterator state (or None)."""
+
+    step: int
+    items: dict
+    meta: dict
+    data_state: dict | None
+
+
+def _restore_first_good(mngr: ocp.CheckpointManager, steps: list[int], items: dict,
+                        config_hash: str, log: Log | None) -> Restored | None:
+    """The first of ``steps`` that reads back, or None; damaged steps are reported and skipped."""
     for i, step in enumerate(steps):
         try:
-            check_hash(mngr, step, config_hash)
-            restored = mngr.restore(step, args=ocp.args.Composite(
-                **{k: ocp.args.StandardRestore(_abstract(v)) for k, v in items.items()}))
+            meta = check_hash(mngr, step, config_hash)
+            args = {k: ocp.args.StandardRestore(_abstract(v)) for k, v in items.items()}
+            if (Path(mngr.directory) / str(step) / "data").is_dir():
+                args["data"] = ocp.args.JsonRestore()
+            restored = mngr.restore(step, args=ocp.args.Composite(**args))
         except ValueError as e:
             if "another config" in str(e):
                 raise
@@ -65,36 +138,77 @@ def _restore_newest_good(mngr: ocp.CheckpointManager, items: dict, config_hash: 
         except Exception as e:  # noqa: BLE001 - any read failure means a damaged step
             error = e
         else:
-            return step, restored
+            return Restored(step, {k: restored[k] for k in items}, meta,
+                            restored["data"] if "data" in args else None)
         fallback = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else \
             "no older checkpoint: starting from step 0"
         (log or print)(f"checkpoint {mngr.directory}/{step} is damaged and was skipped "
                        f"({type(error).__name__}: {str(error)[:200]}); {fallback}")
-    return None, None
+    return None
+
+
+def restore_training(mngr: ocp.CheckpointManager, params, opt_state, config_hash: str,
+                     log: Log | None = None) -> Restored | None:
+    """The newest readable checkpoint with ``params``/``opt_state`` in ``items`` (shaped and
+    sharded like the inputs), or None when there is none."""
+    steps = sorted(mngr.all_steps(), reverse=True)
+    return _restore_first_good(mngr, steps, {"params": params, "opt_state": opt_state},
+                               config_hash, log)
 
 
 def restore_latest(mngr: ocp.CheckpointManager, params, opt_state, config_hash: str,
-                   log: Callable[[str], None] | None = None):
+                   log: Log | None = None):
     """Returns ``(step, params, opt_state)`` of the newest readable checkpoint, or step 0 and the
     inputs. Arrays come back with the shapes, dtypes and shardings of ``params``/``opt_state``.
     """
-    step, state = _restore_newest_good(mngr, {"params": params, "opt_state": opt_state},
-                                       config_hash, log)
-    if step is None:
+    restored = restore_training(mngr, params, opt_state, config_hash, log)
+    if restored is None:
         return 0, params, opt_state
-    return step, state["params"], state["opt_state"]
+    return restored.step, restored.items["params"], restored.items["opt_state"]
+
+
+CHECKPOINT_CHOICES = ("best", "latest")
 
 
 def restore_params(directory: Path, params, config_hash: str = "",
-                   log: Callable[[str], None] | None = None):
+                   log: Log | None = None) -> tuple[int, object]:
     """``(step, params)`` of the newest readable checkpoint under ``directory``, shaped (and
     sharded) like ``params``."""
-    mngr = manager(directory, 1)
+    step, params, _ = restore_chosen(directory, params, config_hash, log)
+    return step, params
+
+
+def restore_chosen(directory: Path, params, config_hash: str = "", log: Log | None = None, *,
+                   which: str = "latest", best_metric: str | None = None,
+                   best_mode: str = "min") -> tuple[int, object, str]:
+    """``(step, params, which_used)`` of a checkpoint under ``directory``, shaped (and sharded)
+    like ``params``.
+
+    ``which="latest"``: the newest readable step. ``which="best"``: the step whose validation
+    metric ``best_metric`` is best; when no step was validated, the latest (``which_used`` says
+    which one was read). A damaged step falls back to the next newest.
+    """
+    if which not in CHECKPOINT_CHOICES:
+        raise ValueError(f"eval.checkpoint={which!r}; use one of {CHECKPOINT_CHOICES}")
+    if not Path(directory).is_dir():
+        raise FileNotFoundError(f"no checkpoints under {directory}; train first with `sidjax "
+                                "train`")
+    mngr = manager(directory, 1, best_metric if which == "best" else None, best_mode,
+                   create=False)
     try:
-        step, state = _restore_newest_good(mngr, {"params": params}, config_hash, log)
-        if step is None:
+        steps = sorted(mngr.all_steps(), reverse=True)
+        used = "latest"
+        best = mngr.best_step() if which == "best" else None
+        if best is not None and metric_getter(best_metric, best_mode)(
+                mngr.metrics(best)) not in (math.inf, -math.inf):
+            steps = [best] + [s for s in steps if s != best]
+            used = "best"
+        restored = _restore_first_good(mngr, steps, {"params": params}, config_hash, log)
+        if restored is None:
             raise FileNotFoundError(
                 f"no readable checkpoint under {directory}; train first with `sidjax train`")
-        return step, state["params"]
+        if restored.step != (steps[0] if steps else None):
+            used = "latest"
+        return restored.step, restored.items["params"], used
     finally:
         mngr.close()

@@ -1,9 +1,9 @@
 """Next-SID-token training: loss, optax recipe, sharded jitted step, and the loop with orbax
-checkpoints, preemption handling and throughput metrics."""
+checkpoints (last k plus the best by validation), preemption handling, validation, early
+stopping and throughput metrics."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -14,12 +14,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from sidjax.config import TrainConfig
-from sidjax.data.pipeline import PAD, SIDVocab
+from sidjax.data.pipeline import SIDVocab
 from sidjax.train import checkpoint
+from sidjax.train.batches import BatchStream
+from sidjax.train.observe import MetricsWriter, format_state_report
 from sidjax.train.partition import make_partitioner, path_names
 from sidjax.train.signals import Preempted, sigterm_flag
+from sidjax.train.validation import BestTracker, check_validation_config, is_eval_step
 
 
 def token_levels(vocab: SIDVocab) -> np.ndarray:
@@ -27,19 +31,28 @@ def token_levels(vocab: SIDVocab) -> np.ndarray:
     return np.argmax(vocab.level_mask(), axis=0).astype(np.int32)
 
 
-def sid_loss(logits: jax.Array, targets: jax.Array, vocab: SIDVocab) -> tuple[jax.Array, dict]:
-    """Mean cross-entropy of next SID tokens, each over its own level's codes.
-
-    Returns ``(loss, metrics)`` where metrics hold the loss and per-level token accuracy.
-    """
+def sid_token_nll(logits: jax.Array, targets: jax.Array,
+                  vocab: SIDVocab) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Per position ``[B, T]``: the cross-entropy of the target token over its own level's codes,
+    whether the level-restricted argmax is the target, and the target's level (0 for PAD)."""
     target_level = jnp.asarray(token_levels(vocab))[targets]
     allowed = jnp.asarray(vocab.level_mask())[target_level]  # B T V
     logits = jnp.where(allowed, logits.astype(jnp.float32), -1e9)
     nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(
         logits, targets[..., None], axis=-1)[..., 0]
-    weight = (targets != PAD).astype(jnp.float32)
+    return nll, jnp.argmax(logits, axis=-1) == targets, target_level
+
+
+def sid_loss(logits: jax.Array, targets: jax.Array, vocab: SIDVocab) -> tuple[jax.Array, dict]:
+    """Mean cross-entropy of next SID tokens, each over its own level's codes. Targets that are not
+    SID tokens (PAD, and the BOS that follows the last left-padding position) are ignored.
+
+    Returns ``(loss, metrics)`` where metrics hold the loss and per-level token accuracy.
+    """
+    nll, correct, target_level = sid_token_nll(logits, targets, vocab)
+    weight = (target_level > 0).astype(jnp.float32)
     loss = jnp.sum(nll * weight) / jnp.maximum(jnp.sum(weight), 1.0)
-    correct = (jnp.argmax(logits, axis=-1) == targets) * weight
+    correct = correct * weight
     metrics = {"loss": loss}
     for level in range(1, vocab.num_levels + 1):
         at = (target_level == level) * weight
@@ -55,13 +68,22 @@ def decay_mask(params) -> object:
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def param_labels(params) -> object:
+def is_prefixmem_adapter(path) -> bool:
+    """Whether a parameter path is one of PrefixMem's projections or gate (not its table)."""
+    names = path_names(path)
+    return "prefixmem" in names and "table" not in names
+
+
+def param_labels(params, freeze: bool = False) -> object:
     """Optimizer group of every parameter: ``table`` (PrefixMem memory), ``no_decay`` (vectors:
-    norms, biases, gate scales) or ``decay`` (matrices)."""
+    norms, biases, gate scales) or ``decay`` (matrices). With ``freeze``, every parameter but
+    PrefixMem's projections and gate (:func:`is_prefixmem_adapter`) is labelled ``frozen_<group>``."""
     def label(path, leaf):
         if "table" in path_names(path):
-            return "table"
-        return "decay" if leaf.ndim >= 2 else "no_decay"
+            group = "table"
+        else:
+            group = "decay" if leaf.ndim >= 2 else "no_decay"
+        return f"frozen_{group}" if freeze and not is_prefixmem_adapter(path) else group
 
     return jax.tree_util.tree_map_with_path(label, params)
 
@@ -85,19 +107,44 @@ def make_schedule(cfg: TrainConfig) -> optax.Schedule:
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     """Global-norm clipping, then AdamW per parameter group (:func:`param_labels`): matrices with
-    weight decay, vectors without, PrefixMem tables without and at ``prefixmem_lr_mult`` x LR."""
+    weight decay, vectors without, PrefixMem tables without and at ``prefixmem_lr_mult`` x LR.
+
+    With ``freeze_decoder_steps = N > 0`` the first N updates change only PrefixMem's projections
+    and gate: every other group is wrapped in ``optax.transforms.conditionally_mask``, whose
+    update is exactly zero (and whose Adam state stays untouched) until its own step counter,
+    kept in the optimizer state, reaches N. Their Adam moments then start fresh and their learning
+    rate continues the global schedule from step N. The step stays one jitted function and the
+    counter is checkpointed with the rest of the optimizer state, so resumes stay exact.
+    """
     schedule = make_schedule(cfg)
+    freeze = cfg.freeze_decoder_steps
+    if freeze < 0:
+        raise ValueError(f"train.freeze_decoder_steps={freeze} must be >= 0")
 
     def adam(lr, weight_decay):
         return optax.adamw(lr, b1=0.9, b2=0.98, weight_decay=weight_decay)
 
+    def table_lr(s):
+        return cfg.prefixmem_lr_mult * schedule(s)
+
+    groups = {"decay": adam(schedule, cfg.weight_decay), "no_decay": adam(schedule, 0.0),
+              "table": adam(table_lr, 0.0)}
+    if freeze > 0:
+        def after_freeze(lr):
+            return lambda s: lr(s + freeze)  # the wrapped Adam counts only unfrozen steps
+
+        def unfrozen(step):
+            return step >= freeze
+
+        groups |= {
+            f"frozen_{name}": optax.transforms.conditionally_mask(inner, unfrozen)
+            for name, inner in (
+                ("decay", adam(after_freeze(schedule), cfg.weight_decay)),
+                ("no_decay", adam(after_freeze(schedule), 0.0)),
+                ("table", adam(after_freeze(table_lr), 0.0)))}
     return optax.chain(
         optax.clip_by_global_norm(cfg.grad_clip),
-        optax.multi_transform({
-            "decay": adam(schedule, cfg.weight_decay),
-            "no_decay": adam(schedule, 0.0),
-            "table": adam(lambda s: cfg.prefixmem_lr_mult * schedule(s), 0.0),
-        }, param_labels),
+        optax.multi_transform(groups, lambda params: param_labels(params, freeze > 0)),
     )
 
 
@@ -229,88 +276,164 @@ def init_state(model: nnx.Module, cfg: TrainConfig, partitioner=None):
 
 
 def _host_params(params):
-    """Parameters gathered back as plain single-device arrays (for eval and decoding)."""
-    return jax.tree.map(lambda x: jnp.asarray(np.asarray(jax.device_get(x))), params)
+    """Parameters gathered back as plain single-device arrays (for eval and decoding); arrays
+    spread over several processes are all-gathered first."""
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            x = multihost_utils.process_allgather(x, tiled=True)
+        return jnp.asarray(np.asarray(jax.device_get(x)))
+
+    return jax.tree.map(one, params)
+
+
+def _input_shape(batch) -> tuple[int, ...]:
+    """Shape of the batch's token inputs (``tokens``, else ``items``, else ``targets``)."""
+    for key in ("tokens", "items", "targets"):
+        if key in batch:
+            return tuple(batch[key].shape)
+    return tuple(jax.tree.leaves(batch)[0].shape)
+
+
+def _check_finite(metrics: dict, done: int) -> None:
+    if not math.isfinite(metrics["loss"]) or not math.isfinite(metrics["grad_norm"]):
+        raise FloatingPointError(
+            f"loss {metrics['loss']} / gradient norm {metrics['grad_norm']} at step {done}; "
+            "nothing saved, the latest checkpoint is the last good one. Lower train.learning_rate")
+
+
+def _validation_line(done: int, valid: dict, tracker: BestTracker) -> str:
+    values = " ".join(f"{k.removeprefix('valid/')} {v:.4f}" for k, v in valid.items())
+    if tracker.best is None:
+        return f"step {done} validation: {values} (no finite {tracker.metric} yet)"
+    return (f"step {done} validation: {values} (best {tracker.metric} {tracker.best:.4f} at step "
+            f"{tracker.best_step})")
 
 
 def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, workdir: Path, *,
           config_hash: str = "", progress: Callable | None = None,
           log: Callable[[str], None] | None = None, partitioner=None,
-          loss_fn: Callable | None = None) -> nnx.Module:
-    """Trains ``model`` on ``dataset[step]`` batches for ``cfg.steps`` steps; resumes if possible.
+          loss_fn: Callable | None = None,
+          evaluate: Callable[[object, int], dict] | None = None) -> nnx.Module:
+    """Trains ``model`` for ``cfg.steps`` steps on the batches ``dataset[step]``; resumes if
+    possible.
 
-    The mesh comes from ``cfg.mesh_data/mesh_fsdp/mesh_model`` (or ``partitioner``). Appends
-    metrics (loss, accuracies, grad norm, learning rate, step time, tokens/s, MFU when
-    ``cfg.peak_flops`` is set) to ``workdir/metrics.jsonl``; ``log`` gets a plain line per logged
-    step. Checkpoints to ``workdir/checkpoints`` every ``cfg.checkpoint_every`` steps and at the
-    end. A non-finite loss stops the run with an error naming the step, without saving. SIGTERM
-    saves at the next step boundary and raises :class:`~sidjax.train.signals.Preempted`.
-    ``loss_fn`` is the task (see :func:`make_train_step`; default: the SID loss of ``vocab``).
-    Returns the trained model (its parameters on the default device).
+    ``dataset`` is a grain ``MapDataset`` (streamed by worker threads, its iterator state saved
+    in every checkpoint; see :mod:`sidjax.train.batches`) or any object indexable by step. The
+    mesh comes from ``cfg.mesh_data/mesh_fsdp/mesh_model`` (or ``partitioner``). ``loss_fn`` is
+    the task (see :func:`make_train_step`; default: the SID loss of ``vocab``).
+
+    Logging: metric rows (loss, accuracies, grad norm, learning rate, step time, tokens/s, MFU
+    when ``cfg.peak_flops`` is set) go to ``workdir/metrics.jsonl`` and TensorBoard event files
+    (process 0 only); ``log`` gets the state report before step 1, validation results and
+    checkpoint messages, and, when there is no ``progress`` sink, a line per logged step.
+
+    Validation: with ``cfg.eval_every > 0``, ``evaluate(params, step) -> {name: float}`` runs
+    every ``eval_every`` steps and at the end (``params`` on one device, valid only during the
+    call); its metrics join that step's row and rank the checkpoint saved there, so the manager
+    keeps the last ``cfg.max_checkpoints`` steps plus the best by ``cfg.best_metric``. With
+    ``cfg.patience > 0`` training stops after that many evaluations without improvement.
+
+    Checkpoints every ``cfg.checkpoint_every`` steps, at every validation and at the end. A
+    non-finite loss stops the run with an error naming the step, without saving. SIGTERM saves
+    at the next step boundary and raises :class:`~sidjax.train.signals.Preempted`. Returns the
+    model with the last step's parameters (on the default device).
     """
     workdir = Path(workdir)
     if cfg.batch_size % cfg.grad_accum:
         raise ValueError(f"train.batch_size={cfg.batch_size} is not a multiple of "
                          f"train.grad_accum={cfg.grad_accum}")
+    check_validation_config(cfg)
+    validate = evaluate if cfg.eval_every > 0 else None
+    say = log or (lambda _msg: None)
+    main_process = jax.process_index() == 0
     graphdef, params, opt_state, tx, partitioner, shardings = init_state(model, cfg, partitioner)
     schedule = make_schedule(cfg)
-    manager = checkpoint.manager(workdir / "checkpoints", cfg.max_checkpoints)
-    start, params, opt_state = checkpoint.restore_latest(manager, params, opt_state, config_hash,
-                                                         log=log)
+    manager = checkpoint.manager(workdir / "checkpoints", cfg.max_checkpoints,
+                                 cfg.best_metric if validate else None, cfg.best_mode)
+    restored = checkpoint.restore_training(manager, params, opt_state, config_hash, log=log)
+    start, data_state, tracker_state = 0, None, None
+    if restored is not None:
+        start, data_state = restored.step, restored.data_state
+        params, opt_state = restored.items["params"], restored.items["opt_state"]
+        tracker_state = restored.meta.get("validation")
+    tracker = BestTracker.restore(cfg, tracker_state)
     step_fn = make_train_step(graphdef, tx, vocab, dropout=True, partitioner=partitioner,
                               state_shardings=shardings, grad_accum=cfg.grad_accum,
                               compute_dtype=cfg.compute_dtype, loss_fn=loss_fn)
     key = jax.random.key(cfg.seed, impl="unsafe_rbg")  # cheap dropout bits on CPU
-    log_path = workdir / "metrics.jsonl"
+    writer = MetricsWriter(workdir, tensorboard=cfg.tensorboard)
+    stream = BatchStream(dataset, start, data_state, num_threads=cfg.data_threads,
+                         prefetch=cfg.data_prefetch, log=log)
+    end = cfg.steps
+    if validate is not None and tracker.should_stop():
+        say(f"early stopping already happened at step {start} ({cfg.patience} validations "
+            f"without improving {tracker.metric} since step {tracker.best_step}); nothing to do")
+        end = start
     flops_per_token = None
     window_start, window_steps = time.perf_counter(), 0
     try:
         with sigterm_flag() as stop:
-            for step in range(start, cfg.steps):
-                batch = partitioner.shard_batch(dataset[step])
+            for step in range(start, end):
+                batch = partitioner.shard_batch(stream.next())
                 if flops_per_token is None:
-                    tokens_per_step = int(np.prod(batch["tokens"].shape))
-                    flops_per_token = state_report(
-                        params, opt_state, batch["tokens"].shape[1])["flops_per_token"]
+                    shape = _input_shape(batch)
+                    tokens_per_step = int(np.prod(shape))
+                    report = state_report(params, opt_state, shape[1], partitioner)
+                    flops_per_token = report["flops_per_token"]
+                    if main_process:
+                        say(format_state_report(report))
+                    window_start = time.perf_counter()
                 params, opt_state, metrics = step_fn(params, opt_state, batch, step, key)
                 window_steps += 1
                 done = step + 1
-                logged = done % cfg.log_every == 0 or done == cfg.steps
+                validating = validate is not None and is_eval_step(cfg, done)
+                logged = done % cfg.log_every == 0 or done == cfg.steps or validating
                 if progress is not None:
                     progress(done, metrics if logged else None)
                 preempt = stop.is_set()
-                save = done % cfg.checkpoint_every == 0 or done == cfg.steps or preempt
+                save = done % cfg.checkpoint_every == 0 or done == cfg.steps or preempt or \
+                    validating
                 if not (save or logged):
                     continue
                 metrics = {k: float(v) for k, v in metrics.items()}
-                if not math.isfinite(metrics["loss"]) or not math.isfinite(metrics["grad_norm"]):
-                    raise FloatingPointError(
-                        f"loss {metrics['loss']} / gradient norm {metrics['grad_norm']} at step "
-                        f"{done}; nothing saved, the latest checkpoint is the last good one. "
-                        "Lower train.learning_rate")
+                _check_finite(metrics, done)
                 if logged:
-                    elapsed = time.perf_counter() - window_start
-                    step_time = elapsed / window_steps
+                    step_time = (time.perf_counter() - window_start) / window_steps
                     metrics.update(step=done, learning_rate=float(schedule(step)),
                                    step_time_s=step_time, steps_per_s=1.0 / step_time,
                                    examples_per_s=cfg.batch_size / step_time,
                                    tokens_per_s=tokens_per_step / step_time)
                     if cfg.peak_flops > 0:
                         metrics["mfu"] = metrics["tokens_per_s"] * flops_per_token / cfg.peak_flops
-                    if jax.process_index() == 0:
-                        with log_path.open("a") as f:
-                            f.write(json.dumps(metrics) + "\n")
-                        if log is not None:
-                            log(f"step {done}/{cfg.steps} loss {metrics['loss']:.4f} "
-                                f"lr {metrics['learning_rate']:.2e} "
-                                f"{metrics['tokens_per_s']:,.0f} tok/s")
+                valid = None
+                if validating:
+                    valid = {k: float(v) for k, v in validate(_host_params(params), done).items()}
+                    tracker.update(valid, done)
+                    metrics.update(valid)
+                    if main_process:
+                        say(_validation_line(done, valid, tracker))
+                if logged:
+                    writer.write(metrics)
+                    if main_process and progress is None:
+                        say(f"step {done}/{cfg.steps} loss {metrics['loss']:.4f} "
+                            f"lr {metrics['learning_rate']:.2e} "
+                            f"{metrics['tokens_per_s']:,.0f} tok/s")
                     window_start, window_steps = time.perf_counter(), 0
                 if save:
-                    checkpoint.save(manager, done, params, opt_state, config_hash)
+                    checkpoint.save(manager, done, params, opt_state, config_hash,
+                                    data_state=stream.state(), validation=tracker.state(),
+                                    metrics=valid)
+                if validating and tracker.should_stop():
+                    say(f"early stopping at step {done}: {cfg.patience} validations without "
+                        f"improving {tracker.metric} (best {tracker.best} at step "
+                        f"{tracker.best_step})")
+                    break
                 if preempt:
                     manager.wait_until_finished()
                     raise Preempted(done)
     finally:
+        stream.close()
+        writer.close()
         manager.wait_until_finished()
         manager.close()
     if partitioner.mesh is not None:

@@ -24,11 +24,14 @@ from sidjax.parallel import DEFAULT_RULES, AxisRules, MeshConfig, logical_to_spe
 # Parameter leaf name -> logical dimension names (decoder and embedding parameters).
 _DECODER_AXES = {
     "embedding": ("vocab", "embed"),       # nnx.Embed [V, D]
-    "kernel": ("embed", "vocab"),          # output head [D, V]
+    "kernel": ("embed", "vocab"),          # output head [D, V] (absent with tied embeddings)
     "w_q": ("embed", "heads", "kv"),
     "w_k": ("embed", "heads", "kv"),
     "w_v": ("embed", "heads", "kv"),
     "w_o": ("heads", "kv", "embed"),
+    "b_q": (None,),                        # Qwen2-style q/k/v biases [heads * kv] stay replicated
+    "b_k": (None,),
+    "b_v": (None,),
     "w_gate": ("embed", "mlp"),
     "w_up": ("embed", "mlp"),
     "w_down": ("mlp", "embed"),

@@ -1,0 +1,32 @@
+"""MovieLens-100K (943 users, 1,682 movies; MiniLM vectors of title + genres), plain SIDs vs PrefixMem.
+
+Command (from the repository root, with ../shared/data present):
+    sidjax compare --config configs/ml100k.py --workdir runs/ml100k
+SASRec row: sidjax train --config configs/ml100k.py --set model.kind=sasrec --workdir runs/ml100k-sasrec
+Results: RESULTS.md.
+"""
+
+import dataclasses
+
+from sidjax.config import (
+    Config,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    PrefixMemConfig,
+    SIDConfig,
+    TrainConfig,
+)
+
+
+def get_config() -> Config:
+    return Config(
+        name="ml100k",
+        data=DataConfig(source="../shared/data/movielens-100k", max_history=50),
+        sid=SIDConfig(levels=3, codes=32, kmeans_iters=25),
+        model=ModelConfig(d_model=128, num_layers=2, num_heads=4, head_dim=32, mlp_dim=384,
+                          dropout=0.2, prefixmem=PrefixMemConfig(mem_dim=32)),
+        train=dataclasses.replace(TrainConfig(), batch_size=64, steps=2000, learning_rate=2e-3,
+                                  warmup_steps=100, log_every=100, checkpoint_every=500),
+        eval=EvalConfig(beam_size=20, batch_size=256),
+    )
