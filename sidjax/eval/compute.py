@@ -123,5 +123,6 @@ def compute_markdown(computes: Mapping[str, TrainingCompute], reference: str, *,
     lines += ["", matched_statement(computes, reference, tolerance=tolerance)[1]]
     if all(c.pretrain_flops is None for c in computes.values()):
         lines += ["", "No pre-trained PrefixMem is used (a model with `train.prefixmem_init` "
-                  "reports the pre-training FLOPs recorded with its checkpoint)."]
+                  "reports the pre-training FLOPs recorded with its checkpoint, or pass them as "
+                  "`run_compare(..., pretrain_flops={model: flops})`)."]
     return "\n".join(lines) + "\n"
