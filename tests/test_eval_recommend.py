@@ -23,7 +23,7 @@ def _prep(num_items=20):
     data = SimpleNamespace(item_ids=[f"i{n}" for n in range(num_items)], item_text=None,
                            item_fields={"title": [f"Title {n}" for n in range(num_items)]})
     prep = SimpleNamespace(cfg=cfg, data=data, sids=SimpleNamespace(codes=codes),
-                           trie=build_trie(codes), vocab=vocab)
+                           trie=build_trie(codes), vocab=vocab, prompt=None)
     model = SIDRecommender(ModelConfig(d_model=16, num_layers=1, num_heads=2, head_dim=8,
                                        mlp_dim=32, dropout=0.0), vocab, rngs=nnx.Rngs(params=0))
     return model, prep
