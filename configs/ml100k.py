@@ -26,7 +26,9 @@ def get_config() -> Config:
         sid=SIDConfig(levels=3, codes=32, kmeans_iters=25),
         model=ModelConfig(d_model=128, num_layers=2, num_heads=4, head_dim=32, mlp_dim=384,
                           dropout=0.2, prefixmem=PrefixMemConfig(mem_dim=32)),
-        train=dataclasses.replace(TrainConfig(), batch_size=64, steps=2000, learning_rate=2e-3,
-                                  warmup_steps=100, log_every=100, checkpoint_every=500),
+        train=dataclasses.replace(TrainConfig(), batch_size=64, steps=400, learning_rate=3e-3,
+                                  warmup_steps=50, log_every=50, checkpoint_every=100,
+                                  eval_every=100, eval_recall=True,
+                                  best_metric="valid/recall@10", best_mode="max"),
         eval=EvalConfig(beam_size=20, batch_size=256),
     )

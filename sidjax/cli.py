@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model-set", action="append", metavar="NAME:KEY=VALUE",
                        help="a config override of one model, e.g. sasrec:model.kind=sasrec "
                             "(repeatable)")
+        p.add_argument("--match-compute", action="store_true",
+                       help="train each model for the steps that give it the training FLOPs of "
+                            "the costliest one at train.steps (SID models only)")
     p = sub.add_parser("train", help="train one model in --workdir (resumes)")
     _add_config_args(p, None)
     p.add_argument("--workdir", required=True)
@@ -208,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             cfg = _config(args)
             results = experiment.run_compare(cfg, Path(args.workdir), log=log,
                                              progress_factory=progress,
-                                             models=_compare_models(args), seeds=args.seeds)
+                                             models=_compare_models(args), seeds=args.seeds,
+                                             match_compute=args.match_compute)
             print(experiment.results_table(results, cfg.eval.top_k))
             print(f"\nrun folder: {args.workdir} (report.md, results.json)")
         elif args.command == "train":

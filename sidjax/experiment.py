@@ -24,7 +24,7 @@ from flax import nnx
 
 from sidjax import config as config_lib
 from sidjax.config import Config
-from sidjax.data.pipeline import SIDVocab, TextPrompt, eval_arrays, train_dataset
+from sidjax.data.pipeline import SIDVocab, TextPrompt, eval_arrays, sequence_length, train_dataset
 from sidjax.data.split import Split, item_counts, leave_one_out
 from sidjax.data.synthetic import synthetic_catalog
 from sidjax.data.types import InteractionData
@@ -32,7 +32,7 @@ from sidjax.decode.beam import greedy, recommend
 from sidjax.decode.scoring import score_sids
 from sidjax.eval import stats
 from sidjax.eval.comparison import json_ready, summarize_comparison
-from sidjax.eval.compute import tokens_per_step, training_compute
+from sidjax.eval.compute import matched_steps, tokens_per_step, training_compute
 from sidjax.eval.metrics import (
     full_sid_correct,
     history_lengths,
@@ -46,7 +46,7 @@ from sidjax.nn.model import SIDRecommender, count_params
 from sidjax.sid.table import SIDTable, load_sid_table, save_sid_table
 from sidjax.sid.trie import SIDTrie, build_trie
 from sidjax.train import checkpoint
-from sidjax.train.loop import train
+from sidjax.train.loop import state_report, train
 from sidjax.train.partition import make_partitioner
 
 Log = Callable[[str], None]
@@ -529,9 +529,34 @@ DEFAULT_COMPARE_MODELS = {"baseline": ("model.prefixmem.enabled=false",),
                           "prefixmem": ("model.prefixmem.enabled=true",)}
 
 
+def compute_matched_steps(cfg: Config, prep: Prepared,
+                          models: dict[str, tuple[str, ...]]) -> dict[str, int]:
+    """Training steps per model of ``models`` (``{name: overrides}`` on ``cfg``) that give each the
+    training FLOPs of the costliest at ``cfg.train.steps``
+    (:func:`sidjax.eval.compute.matched_steps` of :func:`sidjax.train.loop.state_report`'s FLOPs
+    per token at the training sequence length). All must be SID models with the same batch size,
+    so that tokens per step are equal."""
+    fpt, batch = {}, set()
+    for name, overrides in models.items():
+        sub = config_lib.apply_overrides(cfg, list(overrides))
+        if sub.model.kind != "sid":
+            raise ValueError(f"match_compute needs SID models with the same token layout; model "
+                             f"{name!r} has model.kind={sub.model.kind!r}: compare it without "
+                             "match_compute (its FLOPs are reported either way)")
+        batch.add(sub.train.batch_size)
+        seq_len = sequence_length(sub.data.max_history, prep.vocab.num_levels, prep.prompt) - 1
+        model = build_model(sub, prep.vocab)
+        fpt[name] = state_report(nnx.split(model)[1], None, seq_len)["flops_per_token"]
+    if len(batch) > 1:
+        raise ValueError(f"match_compute needs one train.batch_size for all models, got "
+                         f"{sorted(batch)}")
+    return matched_steps(fpt, cfg.train.steps)
+
+
 def run_compare(cfg: Config, workdir: Path, log: Log = print, progress_factory=None, *,
                 models: dict[str, tuple[str, ...]] | None = None, seeds: int = 1,
-                pretrain_flops: dict[str, float] | None = None) -> dict:
+                pretrain_flops: dict[str, float] | None = None,
+                match_compute: bool = False) -> dict:
     """Trains every model of ``models`` with ``seeds`` seeds for the same steps, evaluates them
     and popularity on the same users, and writes a run folder with ``report.md`` (tables,
     intervals, compute, PNG plots) and ``results.json``; returns the seed-mean results per model.
@@ -543,7 +568,9 @@ def run_compare(cfg: Config, workdir: Path, log: Log = print, progress_factory=N
     ``pretrain_flops``: ``{name: FLOPs}`` spent pre-training a PrefixMem that model starts from;
     a model with ``train.prefixmem_init`` not listed there takes the FLOPs recorded with its
     checkpoint (none of the built-in models uses one). ``progress_factory(description, total)`` returns a
-    callable progress sink (or None).
+    callable progress sink (or None). ``match_compute``: train each SID model for
+    :func:`compute_matched_steps` steps, so all spend the training FLOPs of the costliest one at
+    ``train.steps`` (the plain baseline trains longer than PrefixMem).
     """
     models = dict(DEFAULT_COMPARE_MODELS if models is None else models)
     if not models or "popularity" in models:
@@ -558,6 +585,10 @@ def run_compare(cfg: Config, workdir: Path, log: Log = print, progress_factory=N
     split = cfg.eval.split
     eval_set = prep.split.eval_set(split)
     popularity = evaluate_popularity(prep, split)
+    if match_compute:
+        steps = compute_matched_steps(cfg, prep, models)
+        log("matched compute: train steps " + ", ".join(f"{n} {k}" for n, k in steps.items()))
+        models = {name: (*o, f"train.steps={steps[name]}") for name, o in models.items()}
     seed_list = [cfg.train.seed + i for i in range(seeds)]
     per_seed_results, per_seed_users = {}, {}
     records = {name: [] for name in models}

@@ -13,7 +13,7 @@ from sidjax import experiment as E
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny")
-    results = E.run_compare(C.tiny(), workdir, log=lambda _: None)
+    results = E.run_compare(C.tiny(), workdir, log=lambda _: None, match_compute=True)
     return workdir, results
 
 
@@ -38,6 +38,10 @@ def test_run_folder_holds_every_artifact(tiny_run):
         assert any(p.name.isdigit() for p in (workdir / sub / "checkpoints").iterdir())
     report = (workdir / "report.md").read_text()
     assert "| prefixmem |" in report and "Recall@10" in report
+    assert "**Matched compute**" in report  # match_compute: the baseline trains more steps
+    steps = {sub: json.loads((workdir / sub / "config.json").read_text())["train"]["steps"]
+             for sub in ("baseline", "prefixmem")}
+    assert steps["baseline"] > steps["prefixmem"] == C.tiny().train.steps
     assert not list(workdir.rglob("*.tmp"))
 
 
@@ -94,7 +98,10 @@ def test_report_links_valid_plots_and_states_compute(tiny_run):
     compute = saved["compute"]
     for name in ("baseline", "prefixmem"):
         assert compute[name]["tokens_per_step"] == cfg.train.batch_size * cfg.data.max_history * levels
-        assert compute[name]["train_flops"] == compute[name]["flops_per_step"] * cfg.train.steps
+        assert compute[name]["train_flops"] == compute[name]["flops_per_step"] * compute[name]["steps"]
+    assert compute["prefixmem"]["steps"] == cfg.train.steps
+    assert compute["baseline"]["total_flops"] == pytest.approx(compute["prefixmem"]["total_flops"],
+                                                               rel=0.01)
     assert compute["baseline"]["prefixmem_flops_per_token"] == 0
     extra = compute["prefixmem"]["flops_per_token"] - compute["baseline"]["flops_per_token"]
     assert 0 < extra <= compute["prefixmem"]["prefixmem_flops_per_token"]

@@ -130,13 +130,24 @@ def _computes(pm_share=0, steps=100):
 @pytest.mark.parametrize("share, steps, matched, words", [
     (20, 100, True, "Matched compute"),
     (200, 100, False, "baseline would need 120 steps"),
-    (0, 50, False, "steps, batch or tokens per step differ"),
+    (0, 50, False, "steps set per model (baseline 100, prefixmem 50)"),
+    (-500, 200, True, "steps set per model (baseline 100, prefixmem 200)"),
 ])
 def test_matched_statement(share, steps, matched, words):
     ok, text = compute.matched_statement(_computes(share, steps), "baseline")
     assert ok is matched and words in text
     md = compute.compute_markdown(_computes(share, steps), "baseline")
     assert "| baseline | 1,000 | 0 | 2,304 |" in md and "run_compare(" in md
+
+
+def test_matched_steps_equalise_training_flops():
+    steps = compute.matched_steps({"baseline": 1000, "prefixmem": 1141}, 300)
+    assert steps == {"baseline": 342, "prefixmem": 300}
+    computes = {n: compute.TrainingCompute(f, 0, 64 * 36, steps[n], 64)
+                for n, f in (("baseline", 1000), ("prefixmem", 1141))}
+    assert compute.matched_statement(computes, "baseline")[0]
+    with pytest.raises(ValueError, match="positive"):
+        compute.matched_steps({"baseline": 0}, 10)
 
 
 def test_tokens_per_step_from_the_loop_records():

@@ -72,26 +72,42 @@ def training_compute(params, pm_cfg, *, tokens: int, batch_size: int, steps: int
                            pretrain_flops)
 
 
+def matched_steps(flops_per_token: Mapping[str, float], steps: int) -> dict[str, int]:
+    """Training steps per model that give every model the FLOPs of the costliest one trained for
+    ``steps`` (same batch and tokens per step): ``round(steps x max_fpt / fpt)`` for each model's
+    FLOPs per token ``fpt``. The costliest model keeps ``steps``; cheaper ones train longer."""
+    if not flops_per_token or min(flops_per_token.values()) <= 0:
+        raise ValueError(f"FLOPs per token must be positive, got {dict(flops_per_token)}")
+    top = max(flops_per_token.values())
+    return {name: int(round(steps * top / f)) for name, f in flops_per_token.items()}
+
+
 def _flops(v: float | None) -> str:
     return "–" if v is None else f"{v:.3g}"
 
 
 def matched_statement(computes: Mapping[str, TrainingCompute], reference: str, *,
                       tolerance: float = 0.05) -> tuple[bool, str]:
-    """Whether the comparison is matched, and a sentence saying so: same steps, batch and tokens
-    per step, and total FLOPs (pre-training included) within ``tolerance`` of ``reference``'s."""
+    """Whether the comparison is matched, and a sentence saying so: same batch and tokens per step
+    (steps may differ, see :func:`matched_steps`), and total FLOPs (pre-training included) within
+    ``tolerance`` of ``reference``'s."""
     ref = computes[reference]
     if len(computes) == 1:
         return True, f"Only {reference} is trained: there is nothing to match."
-    same_setup = all((c.steps, c.batch_size, c.tokens_per_step)
-                     == (ref.steps, ref.batch_size, ref.tokens_per_step)
+    same_setup = all((c.batch_size, c.tokens_per_step) == (ref.batch_size, ref.tokens_per_step)
                      for c in computes.values())
+    same_steps = all(c.steps == ref.steps for c in computes.values())
     ratios = {name: c.total_flops / ref.total_flops - 1 for name, c in computes.items()
               if name != reference}
     within = all(abs(r) <= tolerance for r in ratios.values())
     diffs = ", ".join(f"{name} {100 * r:+.1f}%" for name, r in ratios.items())
-    setup = ("same steps, batch and tokens per step" if same_setup
-             else "steps, batch or tokens per step differ")
+    if not same_setup:
+        setup = "batch or tokens per step differ"
+    elif same_steps:
+        setup = "same steps, batch and tokens per step"
+    else:
+        setup = ("same batch and tokens per step, steps set per model ("
+                 + ", ".join(f"{name} {c.steps:,}" for name, c in computes.items()) + ")")
     if same_setup and within:
         return True, (f"**Matched compute**: {setup}; total FLOPs within {100 * tolerance:.0f}% of "
                       f"{reference} ({diffs}).")
