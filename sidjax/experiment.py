@@ -46,7 +46,7 @@ from sidjax.nn.model import SIDRecommender, count_params
 from sidjax.sid.table import SIDTable, load_sid_table, save_sid_table
 from sidjax.sid.trie import SIDTrie, build_trie
 from sidjax.train import checkpoint
-from sidjax.train.loop import state_report, train
+from sidjax.train.loop import state_report, tied_output_params, train
 from sidjax.train.partition import make_partitioner
 
 Log = Callable[[str], None]
@@ -546,7 +546,8 @@ def compute_matched_steps(cfg: Config, prep: Prepared,
         batch.add(sub.train.batch_size)
         seq_len = sequence_length(sub.data.max_history, prep.vocab.num_levels, prep.prompt) - 1
         model = build_model(sub, prep.vocab)
-        fpt[name] = state_report(nnx.split(model)[1], None, seq_len)["flops_per_token"]
+        fpt[name] = state_report(nnx.split(model)[1], None, seq_len,
+                                 tied_output=tied_output_params(model))["flops_per_token"]
     if len(batch) > 1:
         raise ValueError(f"match_compute needs one train.batch_size for all models, got "
                          f"{sorted(batch)}")
@@ -627,7 +628,8 @@ def run_compare(cfg: Config, workdir: Path, log: Log = print, progress_factory=N
                     batch_size=sub_cfg.train.batch_size,
                     steps=max(r.get("step", 0) for r in records[name][-1]),  # early stop: fewer
                     pretrain_flops=(pretrain_flops or {}).get(
-                        name, prefixmem_pretrain_flops(sub_cfg, sub)))
+                        name, prefixmem_pretrain_flops(sub_cfg, sub)),
+                    tied_output=tied_output_params(model))
     reference = next(iter(models))
     summary = summarize_comparison(
         per_seed_results, per_seed_users, records, computes, reference=reference,

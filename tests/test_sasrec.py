@@ -93,3 +93,15 @@ def test_sasrec_trains_and_beats_popularity(tmp_path):
                            prep.sids.codes, prep.split.test.targets[:1], k=5)
     assert rec["items"] == [prep.data.item_ids[i] for i in top[0]]
     assert rec["scores"] == sorted(rec["scores"], reverse=True)
+
+
+def test_tied_item_head_counts_in_training_flops():
+    from sidjax.train.loop import state_report, tied_output_params
+
+    cfg = ModelConfig(kind="sasrec", d_model=16, num_layers=1, num_heads=2, head_dim=8, mlp_dim=32)
+    model = SASRec(cfg, 50, rngs=nnx.Rngs(params=0))
+    params = nnx.split(model)[1]
+    assert tied_output_params(model) == 50 * 16
+    plain = state_report(params, None, 10)["flops_per_token"]
+    tied = state_report(params, None, 10, tied_output=tied_output_params(model))["flops_per_token"]
+    assert tied - plain == 6 * 50 * 16

@@ -3,7 +3,8 @@ share, pre-training, and whether the comparison is matched.
 
 FLOPs per token are :func:`sidjax.train.loop.state_report`'s forward+backward estimate (6 x matmul
 parameters + 12 x layers x sequence length x attention width, PrefixMem's projections included);
-embedding and memory-table lookups are gathers and count as 0 (so does a tied output head).
+embedding and memory-table lookups are gathers and count as 0, but a tied output head (an
+embedding table that is also the output matmul, e.g. SASRec's item table) counts 6 x its size.
 PrefixMem's share is 3 x :func:`sidjax.nn.prefixmem.flops_per_token` (its forward FLOPs, x 3 for
 forward+backward); it is part of the total, not added to it.
 """
@@ -60,13 +61,13 @@ def tokens_per_step(records: Sequence[Mapping]) -> int:
 
 
 def training_compute(params, pm_cfg, *, tokens: int, batch_size: int, steps: int,
-                     pretrain_flops: float | None = None) -> TrainingCompute:
+                     pretrain_flops: float | None = None, tied_output: int = 0) -> TrainingCompute:
     """:class:`TrainingCompute` of a model with parameters ``params`` (an ``nnx.State`` or pytree),
     PrefixMem config ``pm_cfg`` (None without PrefixMem), ``tokens`` per step of ``batch_size``
-    sequences, trained for ``steps``."""
+    sequences, trained for ``steps``; ``tied_output``: see :func:`state_report`."""
     if tokens % batch_size:
         raise ValueError(f"{tokens} tokens per step is not a multiple of the batch {batch_size}")
-    report = state_report(params, None, tokens // batch_size)
+    report = state_report(params, None, tokens // batch_size, tied_output=tied_output)
     share = 3 * prefixmem.flops_per_token(pm_cfg) if pm_cfg is not None else 0
     return TrainingCompute(report["flops_per_token"], share, tokens, steps, batch_size,
                            pretrain_flops)

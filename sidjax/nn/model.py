@@ -91,6 +91,11 @@ class SIDRecommender(nnx.Module):
             x = x * jnp.asarray(math.sqrt(self.arch.d_model), x.dtype)
         return x
 
+    @property
+    def tied_output_params(self) -> int:
+        """Embedding parameters used as the output matmul (0 with a separate head; FLOPs counts)."""
+        return self.embed.embedding.size if self.arch.tie_embeddings else 0
+
     def logits(self, states):
         """Next-token logits ``[..., V]`` of final states ``[..., D]`` (tied: the embedding)."""
         if self.arch.tie_embeddings:

@@ -43,6 +43,11 @@ class SASRec(nnx.Module):
         x, _ = self.decoder(x, positions_from_valid(valid), valid, rngs=rngs)
         return x
 
+    @property
+    def tied_output_params(self) -> int:
+        """Item-table parameters used as the output matmul (for FLOPs counts)."""
+        return self.num_items * self.embed.embedding.shape[1]
+
     def item_logits(self, states: jax.Array) -> jax.Array:
         """Scores of every item ``[..., N]`` (item i at index i) for states ``[..., D]``."""
         table = self.embed.embedding[...][1:]

@@ -232,10 +232,15 @@ def _bytes_per_device(tree) -> int:
     return max(per_device.values(), default=0)
 
 
-def state_report(params, opt_state, seq_len: int, partitioner=None) -> dict:
+def state_report(params, opt_state, seq_len: int, partitioner=None, *,
+                 tied_output: int = 0) -> dict:
     """What a run holds, before step 1: parameter counts (decoder, PrefixMem tables), training
     FLOPs per token (6 x matmul parameters + 12 x layers x seq_len x attention width), bytes per
-    device of params and optimizer state, the mesh and the sharding of the largest arrays."""
+    device of params and optimizer state, the mesh and the sharding of the largest arrays.
+
+    ``tied_output``: parameters of an embedding table that is also the output matmul (a tied
+    head, e.g. SASRec's item table); embeddings are otherwise lookups and count 0 FLOPs. Models
+    give it as ``tied_output_params`` (:func:`tied_output_params`)."""
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     table = sum(x.size for p, x in leaves if "table" in path_names(p))
     embed = sum(x.size for p, x in leaves if "embedding" in path_names(p))
@@ -248,13 +253,19 @@ def state_report(params, opt_state, seq_len: int, partitioner=None) -> dict:
         "params_total": _count(params),
         "params_decoder": _count(params) - int(table),
         "params_prefixmem_tables": int(table),
-        "flops_per_token": int(6 * matmul + 12 * seq_len * attn_width),
+        "flops_per_token": int(6 * (matmul + tied_output) + 12 * seq_len * attn_width),
         "param_bytes_per_device": _bytes_per_device(params),
         "opt_state_bytes_per_device": _bytes_per_device(opt_state),
         "mesh": "1 device (no sharding)" if mesh is None else str(dict(mesh.shape)),
         "largest_arrays": {"/".join(n for n in path_names(p) if n != "value"):
                            f"{tuple(x.shape)} {getattr(x, 'sharding', None)}" for p, x in largest},
     }
+
+
+def tied_output_params(model: nnx.Module) -> int:
+    """Parameters of ``model``'s embedding table used as its output matmul (its
+    ``tied_output_params`` attribute; 0 for a model without one)."""
+    return int(getattr(model, "tied_output_params", 0))
 
 
 def init_state(model: nnx.Module, cfg: TrainConfig, partitioner=None):
@@ -347,6 +358,7 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, 
     say = log or (lambda _msg: None)
     main_process = jax.process_index() == 0
     graphdef, params, opt_state, tx, partitioner, shardings = init_state(model, cfg, partitioner)
+    tied_output = tied_output_params(model)
     schedule = make_schedule(cfg)
     manager = checkpoint.manager(workdir / "checkpoints", cfg.max_checkpoints,
                                  cfg.best_metric if validate else None, cfg.best_mode)
@@ -378,7 +390,8 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, 
                 if flops_per_token is None:
                     shape = _input_shape(batch)
                     tokens_per_step = int(np.prod(shape))
-                    report = state_report(params, opt_state, shape[1], partitioner)
+                    report = state_report(params, opt_state, shape[1], partitioner,
+                                          tied_output=tied_output)
                     flops_per_token = report["flops_per_token"]
                     if main_process:
                         say(format_state_report(report))
