@@ -13,10 +13,11 @@ def test_presets_round_trip_through_json(name, tmp_path):
     assert C.read_config(tmp_path / "c.json") == cfg
 
 
-@pytest.mark.parametrize("path", ["configs/demo.py", "configs/tiny.py"])
+@pytest.mark.parametrize("path", sorted(p.name for p in (REPO_ROOT / "configs").glob("*.py")))
 def test_config_files_load(path):
-    cfg = C.load_config(str(REPO_ROOT / path))
+    cfg = C.load_config(str(REPO_ROOT / "configs" / path))
     assert isinstance(cfg, C.Config)
+    assert cfg.model.kind == ("sasrec" if path.endswith("_sasrec.py") else "sid")
 
 
 @pytest.mark.parametrize("assignment, key, expected", [
