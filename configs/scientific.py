@@ -25,7 +25,7 @@ def get_config() -> Config:
         sid=SIDConfig(levels=3, codes=64, kmeans_iters=25, reassign=True, split_prefixes=True),
         model=ModelConfig(d_model=128, num_layers=2, num_heads=4, head_dim=32, mlp_dim=384,
                           dropout=0.2, prefixmem=PrefixMemConfig(mem_dim=32)),
-        train=dataclasses.replace(TrainConfig(), batch_size=128, steps=1500, learning_rate=2e-3,
+        train=dataclasses.replace(TrainConfig(), batch_size=128, steps=1000, learning_rate=2e-3,
                                   warmup_steps=100, log_every=100, checkpoint_every=250,
                                   eval_every=250, eval_recall=True,
                                   best_metric="valid/recall@10", best_mode="max"),

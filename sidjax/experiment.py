@@ -505,7 +505,10 @@ def write_report(workdir: Path, cfg: Config, results: dict[str, dict], extra: di
     for name, info in extra["models"].items():
         lines.append(f"| {name} | {info['params']:,} | {info['train_s']:.0f} | "
                      f"{info['users_per_s']:.0f} |")
-    lines += ["", f"Hardware: {extra['hardware']}. Steps per model: {cfg.train.steps}, batch "
+    steps = {name: info.get("steps", cfg.train.steps) for name, info in extra["models"].items()}
+    steps_text = (f"{cfg.train.steps}" if len(set(steps.values())) <= 1
+                  else ", ".join(f"{name} {s:,}" for name, s in steps.items()))
+    lines += ["", f"Hardware: {extra['hardware']}. Steps per model: {steps_text}, batch "
               f"{cfg.train.batch_size}." + (f" Finished {extra['date']}." if "date" in extra
                                             else ""), ""]
     if extra.get("compute_markdown"):
@@ -618,7 +621,7 @@ def run_compare(cfg: Config, workdir: Path, log: Log = print, progress_factory=N
             per_seed_results[s][name] = result
             records[name].append(read_metrics(sub / "metrics.jsonl"))
             entry = info.setdefault(name, {"params": count_params(model), "train_s": [],
-                                           "users_per_s": []})
+                                           "users_per_s": [], "steps": sub_cfg.train.steps})
             entry["train_s"].append(train_s)
             entry["users_per_s"].append(result["users_per_s"])
             if name not in computes:
@@ -642,7 +645,8 @@ def run_compare(cfg: Config, workdir: Path, log: Log = print, progress_factory=N
     extra = {"data": f"{prep.data.name}, {prep.data.num_users} users, {prep.data.num_items} items",
              "codes_per_level": prep.sids.codes_per_level, "hardware": jax_backend(),
              "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "seeds": seed_list,
-             "models": {name: {"params": e["params"], "train_s": float(np.mean(e["train_s"])),
+             "models": {name: {"params": e["params"], "steps": e["steps"],
+                               "train_s": float(np.mean(e["train_s"])),
                                "users_per_s": float(np.mean(e["users_per_s"]))}
                         for name, e in info.items()},
              "models_config": {name: list(o) for name, o in models.items()},

@@ -42,6 +42,8 @@ def test_run_folder_holds_every_artifact(tiny_run):
     steps = {sub: json.loads((workdir / sub / "config.json").read_text())["train"]["steps"]
              for sub in ("baseline", "prefixmem")}
     assert steps["baseline"] > steps["prefixmem"] == C.tiny().train.steps
+    assert f"Steps per model: baseline {steps['baseline']:,}, prefixmem {steps['prefixmem']:,}" \
+        in report
     assert not list(workdir.rglob("*.tmp"))
 
 
