@@ -1,9 +1,12 @@
 """MovieLens-100K (943 users, 1,682 movies; MiniLM vectors of title + genres), plain SIDs vs PrefixMem.
 
 Command (from the repository root, with ../shared/data present):
-    sidjax compare --config configs/ml100k.py --workdir runs/ml100k
-SASRec row: sidjax train --config configs/ml100k.py --set model.kind=sasrec --workdir runs/ml100k-sasrec
-Results: RESULTS.md.
+    sidjax compare --config configs/ml100k.py --workdir runs/ml100k --match-compute --seeds 3
+Result (2026-11-29, 2 shared CPU cores, 78 min wall; test split, 943 users; mean ± std of 3 seeds;
+plain SIDs 448 steps, PrefixMem 400 steps, 1.86e13 training FLOPs each):
+    plain SIDs  R@5 0.0491±0.0006  R@10 0.0884±0.0040  N@5 0.0299±0.0012  N@10 0.0426±0.0024
+    PrefixMem   R@5 0.0523±0.0088  R@10 0.0990±0.0074  N@5 0.0306±0.0042  N@10 0.0456±0.0033
+SASRec row: configs/ml100k_sasrec.py. Details: RESULTS.md.
 """
 
 import dataclasses

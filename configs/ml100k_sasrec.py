@@ -4,7 +4,8 @@ softmax over all items, tied item table) in place of the SID decoder.
 Command (from the repository root, with ../shared/data present):
     sidjax train --config configs/ml100k_sasrec.py --workdir runs/ml100k-sasrec
     sidjax eval --workdir runs/ml100k-sasrec
-Results: RESULTS.md.
+Result (2026-11-29, 2 shared CPU cores, 2.5 min training, 1 seed; test split, 943 users):
+R@5 0.0721  R@10 0.1304  N@5 0.0445  N@10 0.0633 (RESULTS.md).
 """
 
 import dataclasses

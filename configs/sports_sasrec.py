@@ -4,7 +4,8 @@ softmax over all items, tied item table) in place of the SID decoder.
 Command (from the repository root, with ../shared/data present):
     sidjax train --config configs/sports_sasrec.py --workdir runs/sports-sasrec
     sidjax eval --workdir runs/sports-sasrec
-Results: RESULTS.md.
+Result (2026-11-29, 2 CPU cores shared with another job, 55 min training; best validation step 2,500;
+test split, 35,598 users): R@5 0.0199  R@10 0.0341  N@5 0.0123  N@10 0.0168 (RESULTS.md).
 """
 
 import dataclasses
