@@ -482,6 +482,9 @@ def jax_backend() -> str:
             f"{os.cpu_count()} host CPU cores")
 
 
+_SID_METHODS = {"rqkmeans": "residual k-means", "rqvae": "RQ-VAE"}
+
+
 def write_report(workdir: Path, cfg: Config, results: dict[str, dict], extra: dict) -> Path:
     """Writes ``report.md`` atomically and returns its path: the results table (seed means ±
     std with several seeds), setup, timings, and the optional ``extra`` entries ``seeds`` (the
@@ -492,7 +495,8 @@ def write_report(workdir: Path, cfg: Config, results: dict[str, dict], extra: di
     lines = [
         f"# sidjax run `{cfg.name}`", "",
         f"Data: {extra['data']}. SIDs: {levels} levels {extra['codes_per_level']} "
-        "(residual k-means + collision level).",
+        f"({_SID_METHODS.get(cfg.sid.method, cfg.sid.method)}"
+        f"{' + collision level' if levels > cfg.sid.levels else ', collision-free'}).",
         f"Protocol: leave-one-out, {cfg.eval.split} split, full ranking over all items by "
         f"trie-constrained beam search (beam {cfg.eval.beam_size}); per-level accuracy is "
         "teacher-forced.", "",

@@ -39,6 +39,9 @@ def test_run_folder_holds_every_artifact(tiny_run):
     report = (workdir / "report.md").read_text()
     assert "| prefixmem |" in report and "Recall@10" in report
     assert "**Matched compute**" in report  # match_compute: the baseline trains more steps
+    levels = len(json.loads((workdir / "baseline" / "eval.json").read_text())["level_accuracy"])
+    assert ("(residual k-means + collision level)" if levels > C.tiny().sid.levels
+            else "(residual k-means, collision-free)") in report
     steps = {sub: json.loads((workdir / sub / "config.json").read_text())["train"]["steps"]
              for sub in ("baseline", "prefixmem")}
     assert steps["baseline"] > steps["prefixmem"] == C.tiny().train.steps
