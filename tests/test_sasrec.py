@@ -105,3 +105,8 @@ def test_tied_item_head_counts_in_training_flops():
     plain = state_report(params, None, 10)["flops_per_token"]
     tied = state_report(params, None, 10, tied_output=tied_output_params(model))["flops_per_token"]
     assert tied - plain == 6 * 50 * 16
+
+
+def test_match_compute_refuses_item_id_models():
+    with pytest.raises(ValueError, match="model 'sasrec' has model.kind='sasrec'"):
+        E.compute_matched_steps(config_lib.tiny(), None, {"sasrec": ("model.kind=sasrec",)})
