@@ -487,7 +487,8 @@ _SID_METHODS = {"rqkmeans": "residual k-means", "rqvae": "RQ-VAE"}
 
 def write_report(workdir: Path, cfg: Config, results: dict[str, dict], extra: dict) -> Path:
     """Writes ``report.md`` atomically and returns its path: the results table (seed means ±
-    std with several seeds), setup, timings, and the optional ``extra`` entries ``seeds`` (the
+    std with several seeds), setup, timings (``extra["models"][name]``: ``params``, ``steps``,
+    ``train_s``, ``users_per_s``), and the optional ``extra`` entries ``seeds`` (the
     train seeds), ``date``, ``compute_markdown``, ``plots`` (``[(caption, PNG file name)]``,
     linked relative to ``workdir``), ``seeds_markdown`` and ``analysis`` (Markdown)."""
     levels = len(next(iter(results.values()))["level_accuracy"])
@@ -509,8 +510,8 @@ def write_report(workdir: Path, cfg: Config, results: dict[str, dict], extra: di
     for name, info in extra["models"].items():
         lines.append(f"| {name} | {info['params']:,} | {info['train_s']:.0f} | "
                      f"{info['users_per_s']:.0f} |")
-    steps = {name: info.get("steps", cfg.train.steps) for name, info in extra["models"].items()}
-    steps_text = (f"{cfg.train.steps}" if len(set(steps.values())) <= 1
+    steps = {name: info["steps"] for name, info in extra["models"].items()}
+    steps_text = (f"{next(iter(steps.values()))}" if len(set(steps.values())) == 1
                   else ", ".join(f"{name} {s:,}" for name, s in steps.items()))
     lines += ["", f"Hardware: {extra['hardware']}. Steps per model: {steps_text}, batch "
               f"{cfg.train.batch_size}." + (f" Finished {extra['date']}." if "date" in extra
@@ -541,23 +542,23 @@ def compute_matched_steps(cfg: Config, prep: Prepared,
     """Training steps per model of ``models`` (``{name: overrides}`` on ``cfg``) that give each the
     training FLOPs of the costliest at ``cfg.train.steps``
     (:func:`sidjax.eval.compute.matched_steps` of :func:`sidjax.train.loop.state_report`'s FLOPs
-    per token at the training sequence length). All must be SID models with the same batch size,
-    so that tokens per step are equal."""
-    fpt, batch = {}, set()
+    per token at the training sequence length). All must be SID models with the same tokens per
+    step (batch size x sequence length)."""
+    fpt, tokens = {}, set()
     for name, overrides in models.items():
         sub = config_lib.apply_overrides(cfg, list(overrides))
         if sub.model.kind != "sid":
             raise ValueError(f"match_compute needs SID models with the same token layout; model "
                              f"{name!r} has model.kind={sub.model.kind!r}: compare it without "
                              "match_compute (its FLOPs are reported either way)")
-        batch.add(sub.train.batch_size)
         seq_len = sequence_length(sub.data.max_history, prep.vocab.num_levels, prep.prompt) - 1
+        tokens.add((sub.train.batch_size, seq_len))
         model = build_model(sub, prep.vocab)
         fpt[name] = state_report(nnx.split(model)[1], None, seq_len,
                                  tied_output=tied_output_params(model))["flops_per_token"]
-    if len(batch) > 1:
-        raise ValueError(f"match_compute needs one train.batch_size for all models, got "
-                         f"{sorted(batch)}")
+    if len(tokens) > 1:
+        raise ValueError(f"match_compute needs the same train.batch_size and data.max_history for "
+                         f"all models, got (batch, sequence length) {sorted(tokens)}")
     return matched_steps(fpt, cfg.train.steps)
 
 
