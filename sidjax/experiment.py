@@ -562,6 +562,22 @@ def compute_matched_steps(cfg: Config, prep: Prepared,
     return matched_steps(fpt, cfg.train.steps)
 
 
+def accumulate_train_time(run_dir: Path, seconds: float) -> float:
+    """Adds ``seconds`` to the wall-clock training time recorded in ``run_dir/train_time.json``
+    and returns the total, so a run resumed (or found finished) by a later ``compare`` reports
+    the time all its sessions spent training, not only the last one's."""
+    path = Path(run_dir) / "train_time.json"
+    total = float(seconds)
+    if path.exists():
+        try:
+            total += float(json.loads(path.read_text())["train_s"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: expected {{\"train_s\": seconds}} ({e}); delete the file "
+                             f"to restart the count") from e
+    _write_json(path, {"train_s": total})
+    return total
+
+
 def run_compare(cfg: Config, workdir: Path, log: Log = print, progress_factory=None, *,
                 models: dict[str, tuple[str, ...]] | None = None, seeds: int = 1,
                 pretrain_flops: dict[str, float] | None = None,
@@ -580,6 +596,11 @@ def run_compare(cfg: Config, workdir: Path, log: Log = print, progress_factory=N
     callable progress sink (or None). ``match_compute``: train each SID model for
     :func:`compute_matched_steps` steps, so all spend the training FLOPs of the costliest one at
     ``train.steps`` (the plain baseline trains longer than PrefixMem).
+
+    Rerunning in the same ``workdir`` resumes: a model whose folder holds its final checkpoint
+    is evaluated again without training, so a comparison can be extended (more seeds) or
+    finished after an interruption; ``train s`` adds up every session (see
+    :func:`accumulate_train_time`).
     """
     models = dict(DEFAULT_COMPARE_MODELS if models is None else models)
     if not models or "popularity" in models:
@@ -618,7 +639,7 @@ def run_compare(cfg: Config, workdir: Path, log: Log = print, progress_factory=N
             bar = progress_factory(f"train {tag}", sub_cfg.train.steps) if progress_factory \
                 else None
             model = train_model(sub_prep, sub, log=log, progress=bar)
-            train_s = time.perf_counter() - t0
+            train_s = accumulate_train_time(sub, time.perf_counter() - t0)
             bar = progress_factory(f"eval {tag}", len(eval_set)) if progress_factory else None
             result, per_seed_users[s][name] = evaluate_detailed(
                 model, sub_prep, split, progress=(lambda n, b=bar: b(n, None)) if bar else None)
