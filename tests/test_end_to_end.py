@@ -135,6 +135,19 @@ def test_cli_compare_with_seeds_and_a_model_list(tmp_path, capsys):
     assert "## Over 2 seeds" in report and "| baseline | 1 |" in report
     assert_png(workdir / "level_accuracy.png")
 
+    # A third seed in the same folder resumes: seeds 0 and 1 are evaluated again, not retrained.
+    seed0 = workdir / "seed0" / "baseline"
+    rows, first_time = (seed0 / "metrics.jsonl").read_text(), \
+        json.loads((seed0 / "train_time.json").read_text())["train_s"]
+    assert cli.main([a if a != "2" else "3" for a in args]) == 0
+    assert (seed0 / "metrics.jsonl").read_text() == rows
+    assert json.loads((seed0 / "train_time.json").read_text())["train_s"] > first_time
+    resumed = json.loads((workdir / "results.json").read_text())
+    assert resumed["seeds"] == [0, 1, 2] and (workdir / "seed2" / "baseline" / "eval.json").is_file()
+    for seed in ("0", "1"):
+        assert resumed["per_seed"][seed]["baseline"]["recall@10"] == \
+            saved["per_seed"][seed]["baseline"]["recall@10"]
+
 
 @pytest.mark.parametrize("models, sets, message", [
     ("baseline,sasrec", [], "--model-set sasrec:KEY=VALUE"),

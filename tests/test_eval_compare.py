@@ -41,6 +41,9 @@ def test_bar_plots_and_bad_metrics_file(tmp_path):
     levels = {"popularity": [0.1, 0.4, 0.5, 0.8],
               "baseline": [[0.5, 0.6, 0.6, 0.8], [0.52, 0.61, 0.58, 0.79]]}
     assert_png(plots.plot_level_accuracy(levels, tmp_path / "levels.png"))
+    # Three identical seeds: the float mean of 0.8148210573627732 x 3 is an ulp below it.
+    same = {"popularity": [[0.05, 0.14, 0.36, 0.8148210573627732]] * 3}
+    assert_png(plots.plot_level_accuracy(same, tmp_path / "same.png"))
     hard = {"baseline": [{"greedy_acc": 0.0, "recall@10": 0.3}],
             "popularity": [{"recall@10": 0.05}]}  # no greedy decode: that bar is left out
     assert_png(plots.plot_hard_examples(hard, ["greedy_acc", "recall@10"],

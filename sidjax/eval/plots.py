@@ -144,7 +144,9 @@ def _grouped_bars(ax, groups: Sequence[str], per_model: Mapping[str, np.ndarray]
         if values.shape[0] > 1:
             lo = np.where(present, values, np.inf).min(axis=0)
             hi = np.where(present, values, -np.inf).max(axis=0)
-            err = np.where(count > 0, np.stack([mean - lo, hi - mean]), 0.0)
+            # Identical seeds can put the float mean an ulp outside [lo, hi]; matplotlib
+            # refuses negative error bars.
+            err = np.where(count > 0, np.maximum(np.stack([mean - lo, hi - mean]), 0.0), 0.0)
         ax.bar(x + (i - (len(per_model) - 1) / 2) * width, np.nan_to_num(mean), width,
                yerr=err, capsize=3, color=colors[name], label=name)
     ax.set_xticks(x, groups)
