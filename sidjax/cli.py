@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -151,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", choices=("best", "latest"),
                    help="which checkpoint (default: eval.checkpoint of the run, 'best': the best "
                         "validated one, else the latest)")
+    p.add_argument("--beam-size", type=int,
+                   help="beam width of the trie-constrained search (default: eval.beam_size of "
+                        "the run); results other than the run's own test setting go to "
+                        "eval_<split>_beam<N>.json, not eval.json")
     p.add_argument("--quiet", action="store_true")
     return parser
 
@@ -235,10 +240,17 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "eval":
             workdir = Path(args.workdir)
             cfg = config_lib.read_config(workdir / "config.json")
+            beam = cfg.eval.beam_size if args.beam_size is None else args.beam_size
+            if beam < 1:
+                raise ValueError(f"--beam-size must be >= 1, got {beam}")
+            out = workdir / ("eval.json" if (args.split, beam) == ("test", cfg.eval.beam_size)
+                             else f"eval_{args.split}_beam{beam}.json")
+            cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, beam_size=beam))
             prep = experiment.prepare(cfg, workdir, log)
             model = experiment.load_model(prep, workdir, which=args.checkpoint, log=log)
             result = experiment.evaluate(model, prep, args.split)
-            experiment._write_json(workdir / "eval.json", result)
+            experiment._write_json(out, result)
+            log(f"wrote {out}")
             print(experiment.results_table({cfg.name: result}, cfg.eval.top_k))
             print(json.dumps({k: v for k, v in result.items() if k != "level_accuracy"}))
     except Preempted as stop:

@@ -57,6 +57,14 @@ def test_cli_eval_reproduces_the_saved_metrics(tiny_run, capsys):
     assert "Recall@10" in out
     saved = json.loads((workdir / "prefixmem" / "eval.json").read_text())
     assert saved["recall@10"] == pytest.approx(results["prefixmem"]["recall@10"])
+    # Another beam width goes to its own file and leaves eval.json as it was.
+    assert cli.main(["eval", "--workdir", str(workdir / "prefixmem"), "--beam-size", "1",
+                     "--quiet"]) == 0
+    greedy = json.loads((workdir / "prefixmem" / "eval_test_beam1.json").read_text())
+    assert json.loads((workdir / "prefixmem" / "eval.json").read_text()) == saved
+    assert greedy["recall@5"] == greedy["recall@10"]  # one beam: one item per user
+    assert cli.main(["eval", "--workdir", str(workdir / "prefixmem"), "--beam-size", "0",
+                     "--quiet"]) == 2
 
 
 def test_cli_help_and_errors(capsys, tmp_path):
