@@ -1,11 +1,12 @@
 """Amazon Sports 2014 (P5 format, no item text: collaborative item vectors), plain SIDs vs PrefixMem.
 
 Command (from the repository root, with ../shared/data present):
-    sidjax compare --config configs/sports.py --workdir runs/sports --match-compute
-Result (2026-11-29, 2 CPU cores shared with another job, 1 h 22 min wall; test split, all 35,598
-users; plain SIDs 2,263 steps, PrefixMem 2,000 steps, 6.93e13 training FLOPs each):
-    plain SIDs  R@5 0.0197  R@10 0.0339  N@5 0.0119  N@10 0.0164
-    PrefixMem   R@5 0.0209  R@10 0.0355  N@5 0.0133  N@10 0.0179
+    sidjax compare --config configs/sports.py --workdir runs/sports --match-compute --seeds 3
+Result (2026-11-29, 2 CPU cores, partly shared with another job, 28-29 min of training per run; test
+split, all 35,598 users; mean ± std of 3 seeds; plain SIDs 2,263 steps, PrefixMem 2,000 steps,
+6.93e13 training FLOPs each):
+    plain SIDs  R@5 0.0200±0.0007  R@10 0.0341±0.0011  N@5 0.0123±0.0005  N@10 0.0169±0.0006
+    PrefixMem   R@5 0.0206±0.0010  R@10 0.0347±0.0011  N@5 0.0130±0.0011  N@10 0.0175±0.0011
     (TIGER, published: 0.0264 / 0.0400 / 0.0181 / 0.0225; see RESULTS.md)
 """
 
