@@ -4,7 +4,8 @@ softmax over all items, tied item table) in place of the SID decoder.
 Command (from the repository root, with ../shared/data present):
     sidjax train --config configs/scientific_sasrec.py --workdir runs/scientific-sasrec
     sidjax eval --workdir runs/scientific-sasrec
-Results: RESULTS.md.
+Result (2026-11-29, 2 shared CPU cores, 5 min training, 1 seed; test split, 8,317 users):
+R@5 0.0503  R@10 0.0690  N@5 0.0395  N@10 0.0456 (RESULTS.md).
 """
 
 import dataclasses
