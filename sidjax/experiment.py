@@ -565,7 +565,8 @@ def compute_matched_steps(cfg: Config, prep: Prepared,
 def accumulate_train_time(run_dir: Path, seconds: float) -> float:
     """Adds ``seconds`` to the wall-clock training time recorded in ``run_dir/train_time.json``
     and returns the total, so a run resumed (or found finished) by a later ``compare`` reports
-    the time all its sessions spent training, not only the last one's."""
+    the time its sessions spent training, not only the last one's (a session killed before it
+    returned is not counted)."""
     path = Path(run_dir) / "train_time.json"
     total = float(seconds)
     if path.exists():
@@ -598,7 +599,8 @@ def run_compare(cfg: Config, workdir: Path, log: Log = print, progress_factory=N
     ``train.steps`` (the plain baseline trains longer than PrefixMem).
 
     Rerunning in the same ``workdir`` resumes: a model whose folder holds its final checkpoint
-    is evaluated again without training, so a comparison can be extended (more seeds) or
+    is evaluated again without training, so a comparison can be extended (more seeds; a one-seed
+    run's ``workdir/<name>/`` folders become seed 0 once moved to ``workdir/seed{s}/``) or
     finished after an interruption; ``train s`` adds up every session (see
     :func:`accumulate_train_time`).
     """
