@@ -601,7 +601,7 @@ def run_compare(cfg: Config, workdir: Path, log: Log = print, progress_factory=N
     Rerunning in the same ``workdir`` resumes: a model whose folder holds its final checkpoint
     is evaluated again without training, so a comparison can be extended (more seeds; a one-seed
     run's ``workdir/<name>/`` folders become seed 0 once moved to ``workdir/seed{s}/``) or
-    finished after an interruption; ``train s`` adds up every session (see
+    finished after an interruption; ``train s`` adds up the sessions that returned (see
     :func:`accumulate_train_time`).
     """
     models = dict(DEFAULT_COMPARE_MODELS if models is None else models)
