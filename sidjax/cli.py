@@ -246,12 +246,17 @@ def main(argv: list[str] | None = None) -> int:
             out = workdir / ("eval.json" if (args.split, beam) == ("test", cfg.eval.beam_size)
                              else f"eval_{args.split}_beam{beam}.json")
             cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, beam_size=beam))
+            experiment.check_beam(cfg)
             prep = experiment.prepare(cfg, workdir, log)
             model = experiment.load_model(prep, workdir, which=args.checkpoint, log=log)
             result = experiment.evaluate(model, prep, args.split)
             experiment._write_json(out, result)
             log(f"wrote {out}")
-            print(experiment.results_table({cfg.name: result}, cfg.eval.top_k))
+            popularity = experiment.evaluate_popularity(prep, args.split)[0]
+            print(experiment.results_table({cfg.name: result, "popularity": popularity},
+                                           cfg.eval.top_k))
+            print("(popularity: the most popular items; its acc L<l> is the prefix-frequency "
+                  "prior, the most frequent level-l code under the target's true prefix)")
             print(json.dumps({k: v for k, v in result.items() if k != "level_accuracy"}))
     except Preempted as stop:
         print(f"sidjax {args.command}: {stop}; run the same command again to resume",

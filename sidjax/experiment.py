@@ -24,7 +24,13 @@ from flax import nnx
 
 from sidjax import config as config_lib
 from sidjax.config import Config
-from sidjax.data.pipeline import SIDVocab, TextPrompt, eval_arrays, sequence_length, train_dataset
+from sidjax.data.pipeline import (
+    SIDVocab,
+    TextPrompt,
+    eval_arrays,
+    train_dataset,
+    training_length,
+)
 from sidjax.data.split import Split, item_counts, leave_one_out
 from sidjax.data.synthetic import synthetic_catalog
 from sidjax.data.types import InteractionData
@@ -218,6 +224,16 @@ def _check_workdir_config(cfg: Config, workdir: Path) -> None:
     config_lib.save_config(cfg, path)
 
 
+def check_beam(cfg: Config) -> None:
+    """Raises unless the beam of a SID model returns at least ``max(eval.top_k)`` items: a beam of
+    width w yields w items, so Recall@K with K > w would silently be Recall@w."""
+    k = max(cfg.eval.top_k)
+    if cfg.model.kind == "sid" and cfg.eval.beam_size < k:
+        raise ValueError(f"eval.beam_size={cfg.eval.beam_size} is below the largest eval.top_k "
+                         f"({k}): beam search returns beam_size items, so Recall@{k} would be "
+                         f"Recall@{cfg.eval.beam_size}; set eval.beam_size >= {k}")
+
+
 def validation_users(num_users: int, eval_users: int) -> np.ndarray:
     """The fixed validation subset: ``eval_users`` user rows drawn once with seed 0 (sorted), or
     all rows when ``eval_users`` is 0 or covers them."""
@@ -251,6 +267,7 @@ def make_validation(prep: Prepared, graphdef) -> Callable[[object, int], dict]:
     per-level accuracy and Recall/NDCG of the full item ranking.
     """
     cfg, ecfg = prep.cfg, prep.cfg.eval
+    check_beam(cfg)
     valid = prep.split.eval_set("valid")
     rows = validation_users(len(valid.targets), cfg.train.eval_users)
     histories, targets = [valid.histories[i] for i in rows], np.asarray(valid.targets)[rows]
@@ -309,6 +326,7 @@ def train_model(prep: Prepared, workdir: Path, log: Log = print, progress=None) 
     ``train.eval_every`` steps; returns the model that ``eval.checkpoint`` selects (the best
     validated checkpoint when there is one and ``eval.checkpoint="best"``, else the last step)."""
     workdir = Path(workdir)
+    check_beam(prep.cfg)
     workdir.mkdir(parents=True, exist_ok=True)
     _check_workdir_config(prep.cfg, workdir)
     cfg = prep.cfg
@@ -376,6 +394,7 @@ def evaluate_detailed(model: nnx.Module, prep: Prepared, split: str = "test",
     eval_set = prep.split.eval_set(split)
     if prep.cfg.model.kind == "sasrec":
         return _evaluate_items(model, prep, eval_set, split, progress)
+    check_beam(prep.cfg)
     arrays = eval_arrays(eval_set.histories, prep.sids.codes, prep.vocab, prep.cfg.data.max_history,
                          prep.prompt)
     t0 = time.perf_counter()
@@ -393,6 +412,7 @@ def evaluate_detailed(model: nnx.Module, prep: Prepared, split: str = "test",
                   users_per_s=len(ranks) / decode_s,
                   invalid_rate=float(np.mean(items[:, :max(ecfg.top_k)] < 0)))
     per_user = per_user_values(ranks, greedy_correct=greedy_ok, level_correct=levels_ok,
+                               greedy_levels=greedy_codes == prep.sids.codes[eval_set.targets],
                                ks=ecfg.top_k)
     return result, per_user
 
@@ -502,6 +522,10 @@ def write_report(workdir: Path, cfg: Config, results: dict[str, dict], extra: di
         f"trie-constrained beam search (beam {cfg.eval.beam_size}); per-level accuracy is "
         "teacher-forced.", "",
         results_table(results, cfg.eval.top_k), "",
+        "The popularity row ranks the most interacted-with training items; its per-level "
+        "accuracy is the prefix-frequency prior: at level l, the code with the most training "
+        "interactions among items that share the target's first l - 1 codes (no history used).",
+        "",
     ]
     if len(seeds) > 1:
         lines += [f"Trained models: mean ± std over {len(seeds)} seeds (train.seed = "
@@ -551,7 +575,7 @@ def compute_matched_steps(cfg: Config, prep: Prepared,
             raise ValueError(f"match_compute needs SID models with the same token layout; model "
                              f"{name!r} has model.kind={sub.model.kind!r}: compare it without "
                              "match_compute (its FLOPs are reported either way)")
-        seq_len = sequence_length(sub.data.max_history, prep.vocab.num_levels, prep.prompt) - 1
+        seq_len = training_length(sub.data.max_history, prep.vocab.num_levels, prep.prompt)
         tokens.add((sub.train.batch_size, seq_len))
         model = build_model(sub, prep.vocab)
         fpt[name] = state_report(nnx.split(model)[1], None, seq_len,
@@ -610,6 +634,7 @@ def run_compare(cfg: Config, workdir: Path, log: Log = print, progress_factory=N
                          f"(always evaluated); got {sorted(models)}")
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {seeds}")
+    check_beam(cfg)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     config_lib.save_config(cfg, workdir / "config.json")

@@ -1,7 +1,16 @@
 import numpy as np
 import pytest
 
-from sidjax.data.pipeline import BOS, PAD, SIDVocab, encode_items, train_dataset, training_example
+from sidjax.data.pipeline import (
+    BOS,
+    PAD,
+    SIDVocab,
+    encode_items,
+    eval_arrays,
+    train_dataset,
+    training_example,
+    training_length,
+)
 from sidjax.data.split import item_counts, leave_one_out
 from sidjax.data.synthetic import synthetic_catalog
 
@@ -71,9 +80,27 @@ def test_training_example_targets_are_next_tokens():
     vocab = SIDVocab((4, 4, 3))
     sids = np.array([[0, 1, 2], [3, 3, 0], [1, 1, 1]])
     ex = training_example(np.array([0, 1, 2]), sids, vocab, 4, np.random.default_rng(0))
-    assert ex["tokens"].shape == ex["targets"].shape == (12,)
+    assert ex["tokens"].shape == ex["targets"].shape == (training_length(4, 3),) == (15,)
     assert np.array_equal(ex["targets"][:-1], ex["tokens"][1:])
     assert ex["targets"][-1] == vocab.level_offsets[2] + 1
+
+
+@pytest.mark.parametrize("max_history", [1, 3, 5])
+def test_training_rows_hold_the_evaluation_input(max_history):
+    """Regression: a training window of ``max_history`` items left each predicted SID at most
+    ``max_history - 1`` items of context, while evaluation feeds ``max_history``. The row that
+    predicts item t from history h must be exactly the evaluation input of h (same tokens at the
+    same positions), then the target's SID tokens that decoding feeds back."""
+    vocab = SIDVocab((4, 4, 3))
+    sids = np.random.default_rng(1).integers(0, 3, (12, 3))
+    sequence = np.arange(max_history + 1) + 2  # one window: history = all but the last item
+    ex = training_example(sequence, sids, vocab, max_history, np.random.default_rng(0))
+    want = eval_arrays([sequence[:-1]], sids, vocab, max_history)
+    n = want["tokens"].shape[1]
+    assert len(ex["tokens"]) == n + vocab.num_levels - 1
+    for key in ("tokens", "codes", "levels"):
+        assert np.array_equal(ex[key][:n], want[key][0]), key
+    assert np.array_equal(ex["targets"][n - 1:], vocab.sid_tokens(sids[sequence[-1]]))
 
 
 def test_train_dataset_is_indexed_by_step(catalog):
@@ -83,7 +110,7 @@ def test_train_dataset_is_indexed_by_step(catalog):
     ds = train_dataset(split.train, sids, vocab, max_history=6, batch_size=8, seed=1)
     a, b = ds[17], ds[17]
     assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert a["tokens"].shape == (8, 18)
+    assert a["tokens"].shape == (8, training_length(6, 3)) == (8, 21)
     assert not np.array_equal(ds[0]["tokens"], ds[1]["tokens"])
     with pytest.raises(ValueError, match="lower train.batch_size"):
         train_dataset(split.train[:3], sids, vocab, max_history=6, batch_size=8, seed=1)

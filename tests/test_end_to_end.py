@@ -58,11 +58,17 @@ def test_cli_eval_reproduces_the_saved_metrics(tiny_run, capsys):
     saved = json.loads((workdir / "prefixmem" / "eval.json").read_text())
     assert saved["recall@10"] == pytest.approx(results["prefixmem"]["recall@10"])
     # Another beam width goes to its own file and leaves eval.json as it was.
-    assert cli.main(["eval", "--workdir", str(workdir / "prefixmem"), "--beam-size", "1",
+    assert cli.main(["eval", "--workdir", str(workdir / "prefixmem"), "--beam-size", "12",
                      "--quiet"]) == 0
-    greedy = json.loads((workdir / "prefixmem" / "eval_test_beam1.json").read_text())
+    wider = json.loads((workdir / "prefixmem" / "eval_test_beam12.json").read_text())
     assert json.loads((workdir / "prefixmem" / "eval.json").read_text()) == saved
-    assert greedy["recall@5"] == greedy["recall@10"]  # one beam: one item per user
+    assert wider["invalid_rate"] == 0.0 and wider["users"] == saved["users"]
+    capsys.readouterr()
+    # A beam narrower than Recall@10 would silently report Recall@beam: refused.
+    assert cli.main(["eval", "--workdir", str(workdir / "prefixmem"), "--beam-size", "5",
+                     "--quiet"]) == 2
+    assert "eval.beam_size=5 is below the largest eval.top_k (10)" in capsys.readouterr().err
+    assert not (workdir / "prefixmem" / "eval_test_beam5.json").exists()
     assert cli.main(["eval", "--workdir", str(workdir / "prefixmem"), "--beam-size", "0",
                      "--quiet"]) == 2
 
@@ -110,7 +116,8 @@ def test_report_links_valid_plots_and_states_compute(tiny_run):
     levels = len(saved["results"]["baseline"]["level_accuracy"])
     compute = saved["compute"]
     for name in ("baseline", "prefixmem"):
-        assert compute[name]["tokens_per_step"] == cfg.train.batch_size * cfg.data.max_history * levels
+        row = (cfg.data.max_history + 1) * levels  # history + the predicted SID, less 1 + BOS
+        assert compute[name]["tokens_per_step"] == cfg.train.batch_size * row
         assert compute[name]["train_flops"] == compute[name]["flops_per_step"] * compute[name]["steps"]
     assert compute["prefixmem"]["steps"] == cfg.train.steps
     assert compute["baseline"]["total_flops"] == pytest.approx(compute["prefixmem"]["total_flops"],
@@ -127,7 +134,7 @@ def test_cli_compare_with_seeds_and_a_model_list(tmp_path, capsys):
     workdir = tmp_path / "seeds"
     small = ["data.num_items=120", "data.num_users=160", "data.max_history=5", "train.steps=8",
              "train.log_every=4", "train.checkpoint_every=8", "train.batch_size=16",
-             "model.num_layers=1", "eval.beam_size=4"]
+             "model.num_layers=1", "eval.beam_size=10"]
     args = ["compare", "--config", "tiny", "--workdir", str(workdir), "--quiet", "--seeds", "2",
             "--models", "baseline"] + [a for kv in small for a in ("--set", kv)]
     assert cli.main(args) == 0

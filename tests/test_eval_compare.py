@@ -175,3 +175,26 @@ def test_summarize_comparison_writes_plots_and_sections(tmp_path, num_seeds):
     assert ("### Hard examples" in out["analysis"]) == (num_seeds == 1)
     assert ("std" in out["results"]["prefixmem"]) == (num_seeds > 1)
     json.loads(json.dumps(json_ready(out["json"]), allow_nan=False))  # strict JSON
+
+
+def test_deep_subset_is_chosen_by_a_held_aside_seed_of_the_reference():
+    """``deep/``: prefix right, deepest level wrong, judged on another seed's baseline decode, so
+    a seed's subset does not depend on the errors of the run it is measured on."""
+    def run(greedy_levels):
+        ranks = np.zeros(4, int)
+        return {"baseline": per_user_values(ranks, greedy_correct=greedy_levels.all(axis=1),
+                                            greedy_levels=greedy_levels, ks=(5,)),
+                "prefixmem": per_user_values(np.array([0, -1, 0, -1]), ks=(5,))}
+    a = run(np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]], bool))  # deep: users 0, 3
+    b = run(np.array([[1, 1, 1], [1, 1, 0], [0, 1, 0], [1, 1, 1]], bool))  # deep: user 1
+    np.testing.assert_array_equal(seeds.deep_mask(a["baseline"], 3), [True, False, False, True])
+    masks = seeds.deep_masks([a, b], "baseline", 3)
+    np.testing.assert_array_equal(masks[0], [False, True, False, False])  # seed 0 judged by b
+    np.testing.assert_array_equal(masks[1], [True, False, False, True])
+    row = seeds.seed_metrics(a, "baseline", masks[0])
+    assert row["prefixmem"]["deep/count"] == 1 and row["prefixmem"]["deep/recall@5"] == 0.0
+    gains = seeds.gains_over_seeds([a, b], "prefixmem", "baseline", ["deep/recall@5"],
+                                   num_samples=50, deep=masks)
+    assert gains["deep/recall@5"]["per_seed"][0] == pytest.approx(-1.0)  # user 1: 0 vs 1
+    assert gains["deep/recall@5"]["per_seed"][1] == pytest.approx(-0.5)  # users 0, 3: 1 of 2
+    assert seeds.deep_masks([{"baseline": {"greedy_acc": np.ones(4)}}], "baseline", 3) is None

@@ -16,6 +16,8 @@ from sidjax.data.pipeline import (
     packed_row,
     sequence_length,
     train_dataset,
+    training_example,
+    training_length,
 )
 from sidjax.decode.beam import recommend
 from sidjax.nn.model import SIDRecommender
@@ -100,7 +102,7 @@ def test_save_load_is_atomic_and_checked(vocab, tmp_path):
         TextSIDVocab.load(tmp_path / "cut.json")
 
 
-def test_prompt_tokens_precede_history_sids_but_not_the_predicted_item():
+def test_prompt_tokens_follow_history_sids_but_not_the_predicted_item():
     vocab = SIDVocab((3, 4), text_size=10, pad_id=0, bos_id=1)
     prompt = TextPrompt(instruction=(3, 4), item_tokens=((5, 6, 9), (7,), (8, 9)),
                         max_item_tokens=2)
@@ -109,12 +111,33 @@ def test_prompt_tokens_precede_history_sids_but_not_the_predicted_item():
     assert length == 1 + 2 + 3 * 4
     out = encode_items([0, 1, 2], codes, vocab, length, prompt, bare_last=True)
     s = lambda item: (vocab.level_offsets + codes[item]).tolist()  # noqa: E731
-    expected = [1, 3, 4, 5, 6] + s(0) + [7] + s(1) + s(2)
+    expected = [1, 3, 4] + s(0) + [5, 6] + s(1) + [7] + s(2)
     assert out["tokens"].tolist() == [0] * (length - len(expected)) + expected
-    assert out["levels"].tolist()[-len(expected):] == [0] * 5 + [1, 2, 0, 1, 2, 1, 2]
-    assert out["codes"].tolist()[-len(expected):] == [0] * 5 + [0, 1, 0, 2, 3, 1, 0]
+    assert out["levels"].tolist()[-len(expected):] == [0] * 3 + [1, 2, 0, 0, 1, 2, 0, 1, 2]
+    assert out["codes"].tolist()[-len(expected):] == [0] * 3 + [0, 1, 0, 0, 2, 3, 0, 1, 0]
     history = encode_items([0, 1, 2], codes, vocab, 12, prompt)  # only the newest items fit
-    assert history["tokens"].tolist() == [0, 0, 1, 3, 4, 7] + s(1) + [8, 9] + s(2)
+    assert history["tokens"].tolist() == [0, 0, 1, 3, 4] + s(1) + [7] + s(2) + [8, 9]
+
+
+def test_no_sid_is_predicted_after_its_own_item_text():
+    """Regression: with an item's text before its SID, training taught the model to copy titles
+    into SIDs, which it cannot do at test time (the predicted item's text is never shown)."""
+    vocab = SIDVocab((3, 4), text_size=20, pad_id=0, bos_id=1)
+    titles = tuple((10 + i, 15 + i) for i in range(5))  # item i's text: tokens 10+i, 15+i
+    prompt = TextPrompt(instruction=(2,), item_tokens=titles, max_item_tokens=2)
+    codes = np.array([[0, 1], [2, 3], [1, 0], [2, 2], [0, 3]])
+    sid_of = {tuple(vocab.sid_tokens(c)): i for i, c in enumerate(codes)}
+    rng = np.random.default_rng(0)
+    checked = 0
+    for _ in range(20):
+        sequence = rng.permutation(5)[:rng.integers(2, 6)]  # distinct items
+        ex = training_example(sequence, codes, vocab, 3, rng, prompt)
+        for j in np.flatnonzero(np.isin(ex["targets"], vocab.level_offsets[0] + np.arange(3))):
+            item = sid_of[tuple(ex["targets"][j:j + 2])]  # the SID whose first token is target j
+            context = set(ex["tokens"][:j + 2].tolist())  # inputs up to its last predicted token
+            assert not set(titles[item]) & context, (sequence, ex["tokens"], j)
+            checked += 1
+    assert checked > 40
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -143,7 +166,7 @@ def test_tiny_model_trains_on_mixed_sequences_and_beam_search_returns_items(voca
     dataset = train_dataset(sequences, SID_CODES, vocab.sids, max_history=4, batch_size=16,
                             seed=0, prompt=prompt)
     batch = {k: jnp.asarray(v) for k, v in dataset[500].items()}
-    assert batch["tokens"].shape == (16, sequence_length(4, 2, prompt) - 1)
+    assert batch["tokens"].shape == (16, training_length(4, 2, prompt))
     text = (batch["tokens"] > 1) & (batch["tokens"] < vocab.text_size)
     assert bool(text.any()) and not bool((batch["levels"][text]).any())
     cfg = ModelConfig(d_model=32, num_layers=1, num_heads=2, head_dim=16, mlp_dim=64, dropout=0.0,

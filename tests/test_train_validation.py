@@ -30,7 +30,7 @@ def _cfg(steps=20, **train_kw):
     cfg = dataclasses.replace(
         cfg, data=dataclasses.replace(cfg.data, num_items=150, num_users=200),
         model=dataclasses.replace(cfg.model, num_layers=1, dropout=0.0),
-        eval=dataclasses.replace(cfg.eval, beam_size=5))
+        eval=dataclasses.replace(cfg.eval, beam_size=10))
     return dataclasses.replace(cfg, train=dataclasses.replace(
         cfg.train, steps=steps, log_every=5, checkpoint_every=100, batch_size=16, warmup_steps=5,
         **train_kw))

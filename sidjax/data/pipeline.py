@@ -91,13 +91,14 @@ class TextPrompt:
     """Text tokens around SID histories (ids of the vocabulary's text range, level 0).
 
     ``instruction`` follows BOS (e.g. a fixed instruction); ``item_tokens[i]`` (e.g. the title
-    tokens of item ``i``, at most ``max_item_tokens`` of them) precede the SID of item ``i`` at
-    every history position, but not before the item the model predicts: the title of the next
-    item would give the answer away. So a training window ``a, b, c`` reads
-    ``BOS instruction title(a) sid(a) title(b) sid(b) sid(c)`` and an evaluation history
-    ``a, b`` reads ``BOS instruction title(a) sid(a) title(b) sid(b)``, after which the model
-    decodes the next SID. PrefixMem sees level 0 at text positions; the loss counts SID targets
-    only.
+    tokens of item ``i``, at most ``max_item_tokens`` of them) follow the SID of item ``i`` at
+    every history position, but not after the item the model predicts. An item's text comes after
+    its SID so that the SID is never predicted from its own title (which the model cannot see at
+    test time); the items after it see both. A training window ``a, b, c`` reads
+    ``BOS instruction sid(a) title(a) sid(b) title(b) sid(c)`` and an evaluation history ``a, b``
+    reads ``BOS instruction sid(a) title(a) sid(b) title(b)``, after which the model decodes the
+    next SID: in both the predicted SID follows the previous item's title. PrefixMem sees level 0
+    at text positions; the loss counts SID targets only.
     """
 
     instruction: tuple[int, ...] = ()
@@ -113,7 +114,7 @@ class TextPrompt:
                 tuple(int(t) for t in toks[:self.max_item_tokens]) for toks in self.item_tokens))
 
     def item_text(self, item: int) -> tuple[int, ...]:
-        """The text tokens before item ``item``'s SID (empty without ``item_tokens``)."""
+        """The text tokens after item ``item``'s SID (empty without ``item_tokens``)."""
         return () if self.item_tokens is None else self.item_tokens[item]
 
     def check(self, vocab: SIDVocab, num_items: int | None = None) -> None:
@@ -154,10 +155,10 @@ def _encode_with_prompt(items: np.ndarray, sid_codes: np.ndarray, vocab: SIDVoca
             break
         budget -= cost
         codes = np.asarray(sid_codes[item], np.int32)
-        pieces.append((np.concatenate([np.asarray(text, np.int32), vocab.sid_tokens(codes)]),
-                       np.concatenate([np.zeros(len(text), np.int32), codes]),
-                       np.concatenate([np.zeros(len(text), np.int32),
-                                       np.arange(1, levels_n + 1, dtype=np.int32)])))
+        text_zeros = np.zeros(len(text), np.int32)
+        pieces.append((np.concatenate([vocab.sid_tokens(codes), np.asarray(text, np.int32)]),
+                       np.concatenate([codes, text_zeros]),
+                       np.concatenate([np.arange(1, levels_n + 1, dtype=np.int32), text_zeros])))
     head = np.asarray((vocab.bos_id,) + prompt.instruction, np.int32)
     parts = [head] + [p[0] for p in pieces[::-1]]
     tokens = np.concatenate(parts)
@@ -176,7 +177,7 @@ def encode_items(items: np.ndarray, sid_codes: np.ndarray, vocab: SIDVocab, leng
     """Encodes an item history as left-padded ``tokens``, ``codes``, ``levels`` of ``length``.
 
     Keeps the most recent items that fit after BOS (and the prompt's instruction). With
-    ``prompt``, each item's text tokens precede its SID, except the last item's when
+    ``prompt``, each item's text tokens follow its SID, except the last item's when
     ``bare_last`` (a training window's predicted item; see :class:`TextPrompt`).
     """
     if prompt is not None:
@@ -211,17 +212,30 @@ def _window(sequence: np.ndarray, max_history: int, rng: np.random.Generator) ->
 def training_example(sequence: np.ndarray, sid_codes: np.ndarray, vocab: SIDVocab,
                      max_history: int, rng: np.random.Generator,
                      prompt: TextPrompt | None = None) -> dict[str, np.ndarray]:
-    """One next-token example: a window of at most ``max_history`` items ending at a random item.
+    """One next-token example: a window of at most ``max_history + 1`` items ending at a random
+    item, so that the last item's SID is predicted from up to ``max_history`` items of history,
+    as at evaluation (:func:`eval_arrays`).
 
     Returns ``tokens/codes/levels`` (inputs) and ``targets`` (next token; PAD where there is none),
-    each of length ``sequence_length(max_history, L, prompt) - 1``.
+    each of length :func:`training_length` ``(max_history, L, prompt)``.
     """
-    full = encode_items(_window(sequence, max_history, rng), sid_codes, vocab,
-                        sequence_length(max_history, vocab.num_levels, prompt), prompt,
+    full = encode_items(_window(sequence, max_history + 1, rng), sid_codes, vocab,
+                        sequence_length(max_history + 1, vocab.num_levels, prompt), prompt,
                         bare_last=True)
     example = {k: v[:-1] for k, v in full.items()}
     example["targets"] = full["tokens"][1:]
     return example
+
+
+def training_length(max_history: int, num_levels: int, prompt: TextPrompt | None = None) -> int:
+    """Positions of a (padded, unpacked) training row: ``max_history`` history items plus the SID
+    of the predicted item, less its last token (which is only a target).
+
+    It covers exactly the positions evaluation uses: the ``sequence_length(max_history, L,
+    prompt)`` history positions and the ``L - 1`` generated tokens fed back while decoding."""
+    if prompt is None:
+        return (max_history + 1) * num_levels
+    return sequence_length(max_history + 1, num_levels, prompt) - 1
 
 
 def encode_item_ids(items: np.ndarray, length: int) -> np.ndarray:
@@ -312,18 +326,18 @@ def train_dataset(train_sequences, sid_codes: np.ndarray, vocab: SIDVocab, *,
 
     Packing (``pack_segments > 0``): each row holds ``pack_segments`` consecutive examples of the
     stream as segments (see :func:`packed_row`), ``pack_length`` positions long (default
-    ``max_history * L``), right-padded, with ``segment_ids`` and ``positions``. Contract for the
-    model: attention must stay inside a segment (``segment_ids[q] == segment_ids[k] != 0`` and
-    causal), positions (RoPE) restart at 0 with each segment's BOS, and the loss must ignore
-    ``targets == PAD`` (padding and nothing else: every segment's last input predicts its last
-    code).
+    :func:`training_length`: one full window), right-padded, with ``segment_ids`` and
+    ``positions``. Contract for the model: attention must stay inside a segment
+    (``segment_ids[q] == segment_ids[k] != 0`` and causal), positions (RoPE) restart at 0 with
+    each segment's BOS, and the loss must ignore ``targets == PAD`` (padding and nothing else:
+    every segment's last input predicts its last code).
 
     ``item_ids=True`` streams :func:`item_training_example` rows (``items``/``targets`` of item
     tokens, for ID-based baselines) instead of SID tokens; ``sid_codes``/``vocab`` are then unused.
 
     ``prompt`` (:class:`TextPrompt`) adds text tokens: an instruction after BOS and/or each
-    history item's text before its SID (rows are then ``sequence_length(max_history, L, prompt)
-    - 1`` long). Not with packing or ``item_ids``.
+    history item's text after its SID (rows are then :func:`training_length` long). Not with
+    packing or ``item_ids``.
     """
     if item_ids and pack_segments:
         raise ValueError("packing (data.pack_segments) is for SID sequences; set it to 0 for an "
@@ -350,12 +364,12 @@ def train_dataset(train_sequences, sid_codes: np.ndarray, vocab: SIDVocab, *,
         if item_ids:
             return item_training_example(usable[user], max_history, rng)
         if pack_segments:
-            return _window(usable[user], max_history, rng)
+            return _window(usable[user], max_history + 1, rng)
         return training_example(usable[user], sid_codes, vocab, max_history, rng, prompt)
 
     ds = grain.MapDataset.range(len(usable)).shuffle(seed=seed).repeat(None).map_with_index(make)
     if pack_segments:
-        length = pack_length or max_history * vocab.num_levels
+        length = pack_length or training_length(max_history, vocab.num_levels)
         ds = ds.batch(pack_segments, batch_fn=list).map(
             lambda windows: packed_row(windows, sid_codes, vocab, length))
     if shard_count > 1:

@@ -38,16 +38,17 @@ def summary_metrics(ks: Sequence[int], num_levels: int, deepest: int) -> list[st
     k10 = 10 if 10 in ks else max(ks)
     return ([f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks] + ["greedy_acc"]
             + [f"acc_L{i + 1}" for i in range(num_levels)]
-            + [f"{seeds_lib.HARD}{m}" for m in ("count", "greedy_acc", f"acc_L{deepest}",
-                                                f"recall@{k10}")])
+            + [f"{prefix}{m}" for prefix in (seeds_lib.DEEP, seeds_lib.HARD)
+               for m in ("count", "greedy_acc", f"acc_L{deepest}", f"recall@{k10}")])
 
 
 def gain_metrics(ks: Sequence[int], deepest: int) -> list[str]:
     """Metrics whose relative gain over the reference gets an interval: deepest-level accuracy,
-    Recall@10 (or the largest K), and both on the hard examples."""
+    Recall@10 (or the largest K), and both on the deep-level subset and the hard examples."""
     k = 10 if 10 in ks else max(ks)
-    return [f"acc_L{deepest}", f"recall@{k}", f"{seeds_lib.HARD}acc_L{deepest}",
-            f"{seeds_lib.HARD}recall@{k}"]
+    return [f"acc_L{deepest}", f"recall@{k}"] + [
+        f"{prefix}{m}" for prefix in (seeds_lib.DEEP, seeds_lib.HARD)
+        for m in (f"acc_L{deepest}", f"recall@{k}")]
 
 
 def summarize_comparison(per_seed_results: Mapping[int, Mapping[str, dict]],
@@ -89,11 +90,14 @@ def summarize_comparison(per_seed_results: Mapping[int, Mapping[str, dict]],
     if len(seed_list) > 1:
         analysis = (f"Per-user values are averaged over the {len(seed_list)} seeds.\n\n"
                     + analysis)
-    per_seed_scalars = {s: seeds_lib.seed_metrics(per_seed_users[s], reference) for s in seed_list}
+    deep = seeds_lib.deep_masks(users, reference, deepest_level)
+    per_seed_scalars = {s: seeds_lib.seed_metrics(per_seed_users[s], reference,
+                                                  None if deep is None else deep[i])
+                        for i, s in enumerate(seed_list)}
     summary = seeds_lib.summarize_seeds(list(per_seed_scalars.values()))
     gains = {name: seeds_lib.gains_over_seeds(users, name, reference,
                                               gain_metrics(ks, deepest_level),
-                                              num_samples=num_samples, seed=seed)
+                                              num_samples=num_samples, seed=seed, deep=deep)
              for name in trained if name != reference}
     num_levels = len(results[reference].get("level_accuracy", ()))
     seeds_md = seeds_lib.seeds_markdown(

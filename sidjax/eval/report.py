@@ -19,7 +19,7 @@ from sidjax.eval import stats
 PerUser = Mapping[str, np.ndarray]
 
 
-def per_user_values(ranks, *, greedy_correct=None, level_correct=None,
+def per_user_values(ranks, *, greedy_correct=None, level_correct=None, greedy_levels=None,
                     ks: Sequence[int] = (1, 5, 10, 20)) -> dict[str, np.ndarray]:
     """Per-user metrics ``{name: float [U]}`` of one model.
 
@@ -28,6 +28,8 @@ def per_user_values(ranks, *, greedy_correct=None, level_correct=None,
       greedy_correct: bool ``[U]`` from :func:`sidjax.eval.metrics.full_sid_correct` on the greedy
         codes, or None (a model without a greedy decode, e.g. popularity).
       level_correct: bool ``[U, L]``, teacher-forced correctness of each level's code, or None.
+      greedy_levels: bool ``[U, L]``, whether the greedy decode's level-l code is the target's
+        (``greedy_L<l>``; the deep-level subset of :func:`sidjax.eval.seeds.deep_masks`), or None.
       ks: Recall/NDCG cutoffs.
     """
     out = stats.per_user_metrics(ranks, ks)
@@ -39,6 +41,11 @@ def per_user_values(ranks, *, greedy_correct=None, level_correct=None,
         if lc.ndim != 2 or lc.shape[0] != n:
             raise ValueError(f"level_correct must be [U={n}, L], got {lc.shape}")
         out.update({f"acc_L{i + 1}": lc[:, i].astype(np.float64) for i in range(lc.shape[1])})
+    if greedy_levels is not None:
+        gl = np.asarray(greedy_levels)
+        if gl.ndim != 2 or gl.shape[0] != n:
+            raise ValueError(f"greedy_levels must be [U={n}, L], got {gl.shape}")
+        out.update({f"greedy_L{i + 1}": gl[:, i].astype(np.float64) for i in range(gl.shape[1])})
     return out
 
 
