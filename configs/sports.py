@@ -26,7 +26,10 @@ from sidjax.config import (
 def get_config() -> Config:
     return Config(
         name="sports",
-        data=DataConfig(source="../shared/data/amazon-sports-2014", max_history=20),
+        # collaborative SIDs (the rows of RESULTS.md); "text" quantises MiniLM vectors of the
+        # LLM-generated keywords of item_keywords.txt instead
+        data=DataConfig(source="../shared/data/amazon-sports-2014", max_history=20,
+                        item_vectors="collab"),
         sid=SIDConfig(levels=3, codes=64, kmeans_iters=20),
         model=ModelConfig(d_model=128, num_layers=2, num_heads=4, head_dim=32, mlp_dim=384,
                           dropout=0.2, prefixmem=PrefixMemConfig(mem_dim=32)),

@@ -58,7 +58,7 @@ def _progress_factory(quiet: bool):
 
 def _compare_models(args) -> dict[str, tuple[str, ...]]:
     """``--models`` / ``--model-set`` as ``{name: overrides}`` for ``experiment.run_compare``."""
-    from sidjax.experiment import DEFAULT_COMPARE_MODELS
+    from sidjax.experiment import BUILTIN_COMPARE_MODELS
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     extra: dict[str, list[str]] = {}
@@ -73,11 +73,11 @@ def _compare_models(args) -> dict[str, tuple[str, ...]]:
         extra.setdefault(name.strip(), []).append(assignment.strip())
     models = {}
     for name in names:
-        if name not in DEFAULT_COMPARE_MODELS and name not in extra:
+        if name not in BUILTIN_COMPARE_MODELS and name not in extra:
             raise config_lib.ConfigError(
-                f"model {name!r} is not built in ({', '.join(DEFAULT_COMPARE_MODELS)}); give its "
+                f"model {name!r} is not built in ({', '.join(BUILTIN_COMPARE_MODELS)}); give its "
                 f"config with --model-set {name}:KEY=VALUE, e.g. {name}:model.kind=sasrec")
-        models[name] = tuple(DEFAULT_COMPARE_MODELS.get(name, ())) + tuple(extra.get(name, ()))
+        models[name] = tuple(BUILTIN_COMPARE_MODELS.get(name, ())) + tuple(extra.get(name, ()))
     return models
 
 
@@ -114,7 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "mean and spread (default 1)")
         p.add_argument("--models", default="baseline,prefixmem",
                        help="comma-separated models to train; the first is the reference "
-                            "(built in: baseline, prefixmem; others need --model-set)")
+                            "(built in: baseline, prefixmem, and itemmem: the plain model "
+                            "plus an item memory of PrefixMem's parameter count, the control "
+                            "of 'more parameters'; others need --model-set)")
         p.add_argument("--model-set", action="append", metavar="NAME:KEY=VALUE",
                        help="a config override of one model, e.g. sasrec:model.kind=sasrec "
                             "(repeatable)")

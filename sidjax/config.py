@@ -38,6 +38,9 @@ class DataConfig:
     text_prompt: str = ""  # instruction after BOS ("" = none)
     item_text_tokens: int = 0  # tokens of each history item's text before its SID (0 = none)
     text_vocab_size: int = 2000  # at most this many sentencepiece pieces
+    # vectors the SIDs quantise: "auto" (given vectors, else MiniLM of item text, else
+    # collaborative), "text" (MiniLM of item text) or "collab" (PPMI-SVD of training interactions)
+    item_vectors: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +96,21 @@ class PrefixMemConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ItemMemConfig:
+    """Item memory: the parameter-matched control of PrefixMem (see sidjax.nn.itemmem).
+
+    One hashed table keyed by the full SID of each completed history item, added at the item's
+    last SID token only (never at a prefix). Its row width, gate, parameter dtype and projection
+    come from ``model.prefixmem`` (which stays disabled), so that at the defaults it has exactly
+    PrefixMem's parameter count and projection/gate shapes. Exclusive with ``model.prefixmem``.
+    """
+
+    enabled: bool = False
+    rows: int = 0  # table rows; 0 = the rows PrefixMem's tables would have for this model
+    heads: int = 0  # hash heads (rows concatenated); 0 = PrefixMem's slot count (orders x heads)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Decoder-only transformer over SID tokens (or, with ``kind="sasrec"``, over item ids)."""
 
@@ -105,6 +123,7 @@ class ModelConfig:
     dropout: float = 0.1
     rope_base: float = 10000.0
     prefixmem: PrefixMemConfig = PrefixMemConfig()
+    item_memory: ItemMemConfig = ItemMemConfig()  # PrefixMem's parameter-matched control
     # Decoder family (sidjax.nn.families): llama | qwen2 | gemma; `--set model.family=` also takes
     # a size preset (llama-3.2-1b, qwen2-0.5b, gemma-2b, <family>-tiny) and expands it.
     family: str = "llama"

@@ -85,18 +85,29 @@ def load_data(cfg: Config) -> InteractionData:
     return load_dataset(d.source)
 
 
-def item_vectors(data: InteractionData, split: Split, log: Log = print) -> np.ndarray:
-    """Content vectors for SIDs: given vectors, else MiniLM over item text, else co-occurrence."""
-    if data.item_vectors is not None:
+ITEM_VECTORS = ("auto", "text", "collab")
+
+
+def item_vectors(data: InteractionData, split: Split, log: Log = print,
+                 kind: str = "auto") -> np.ndarray:
+    """Content vectors for SIDs (``data.item_vectors``): ``"auto"`` takes given vectors, else
+    MiniLM over item text, else co-occurrence vectors; ``"text"`` and ``"collab"`` force one."""
+    if kind not in ITEM_VECTORS:
+        raise ValueError(f"data.item_vectors={kind!r}; use one of {', '.join(ITEM_VECTORS)}")
+    if kind == "auto" and data.item_vectors is not None:
         return data.item_vectors
-    if data.item_text is not None:
+    if kind in ("auto", "text") and data.item_text is not None:
         from sidjax.text.minilm import encode_texts
 
         log(f"encoding {data.num_items} item texts with MiniLM")
         return encode_texts(data.item_text)
+    if kind == "text":
+        raise ValueError(f"data.item_vectors='text' but {data.name} has no item text; use "
+                         "'collab' (vectors from training interactions)")
     from sidjax.data.embed import collaborative_item_vectors
 
-    log("no item text: collaborative item vectors from training co-occurrences")
+    log(("no item text" if kind == "auto" else "data.item_vectors='collab'")
+        + ": collaborative item vectors from training co-occurrences")
     return collaborative_item_vectors(split.train, data.num_items)
 
 
@@ -123,7 +134,8 @@ def prepare(cfg: Config, workdir: Path | None = None, log: Log = print) -> Prepa
         from sidjax.sid.diagnostics import stats_table
 
         t0 = time.perf_counter()
-        built = build_from_settings(item_vectors(data, split, log), data.item_ids, cfg.sid)
+        built = build_from_settings(item_vectors(data, split, log, cfg.data.item_vectors),
+                                    data.item_ids, cfg.sid)
         sids, diagnostics = built.table, built.diagnostics
         log(f"built {built.method} SIDs for {sids.num_items} items in {time.perf_counter() - t0:.1f}s: "
             f"levels {sids.codes_per_level}, collision rate {diagnostics['collision_rate']:.3f}\n"
@@ -147,8 +159,12 @@ def run_hash(cfg: Config, sids: SIDTable, prefixmem_init: str | None = None) -> 
     relevant = {k: v for k, v in config_lib.to_dict(cfg).items() if k in ("data", "sid", "model")}
     for key in ("pack_segments", "pack_length"):  # how training rows are laid out, not the model
         relevant["data"].pop(key, None)
-    for key in ("text_prompt", "item_text_tokens", "text_vocab_size"):  # runs without text keep
-        if relevant["data"].get(key) == getattr(config_lib.DataConfig(), key):  # their hash
+    if relevant["model"].get("item_memory") == config_lib.to_dict(config_lib.Config())[
+            "model"]["item_memory"]:  # added later: runs without it keep their hash
+        relevant["model"].pop("item_memory")
+    # keys added after runs were made: at their defaults, those runs keep their hash
+    for key in ("text_prompt", "item_text_tokens", "text_vocab_size", "item_vectors"):
+        if relevant["data"].get(key) == getattr(config_lib.DataConfig(), key):
             relevant["data"].pop(key)
     h = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
     h.update(sids.content_hash().encode())
@@ -484,6 +500,8 @@ def model_description(cfg: Config) -> str:
     """A few words naming the model of ``cfg`` (for logs and reports)."""
     if cfg.model.kind == "sasrec":
         return "SASRec item-ID baseline"
+    if cfg.model.item_memory.enabled:
+        return "plain SID + item memory (PrefixMem's parameters, not prefix-keyed)"
     return "PrefixMem" if cfg.model.prefixmem.enabled else "plain SID"
 
 
@@ -559,6 +577,11 @@ def write_report(workdir: Path, cfg: Config, results: dict[str, dict], extra: di
 
 DEFAULT_COMPARE_MODELS = {"baseline": ("model.prefixmem.enabled=false",),
                           "prefixmem": ("model.prefixmem.enabled=true",)}
+# Models `compare --models` knows by name: the defaults, and the parameter-matched control of
+# PrefixMem (the plain model plus an item memory of PrefixMem's size keyed by completed items'
+# full SIDs, not by prefixes; sidjax.nn.itemmem).
+BUILTIN_COMPARE_MODELS = DEFAULT_COMPARE_MODELS | {
+    "itemmem": ("model.prefixmem.enabled=false", "model.item_memory.enabled=true")}
 
 
 def compute_matched_steps(cfg: Config, prep: Prepared,
@@ -680,6 +703,7 @@ def run_compare(cfg: Config, workdir: Path, log: Log = print, progress_factory=N
             if name not in computes:
                 computes[name] = training_compute(
                     nnx.split(model)[1], getattr(model, "pm_cfg", None),
+                    im_cfg=getattr(model, "im_cfg", None),
                     tokens=tokens_per_step(records[name][-1]),
                     batch_size=sub_cfg.train.batch_size,
                     steps=max(r.get("step", 0) for r in records[name][-1]),  # early stop: fewer

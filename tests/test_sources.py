@@ -43,6 +43,8 @@ def _seqs(data: InteractionData) -> dict[str, list[str]]:
          "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490"),
         ("amazon-scientific-2018", "lcrec", (8317, 4344, 58_492), "Scientific.inter.json",
          "32c6c01876ebecebdfabd2dbd358594be36655e9e7b168772a7a3aa3624ee1b4"),
+        ("amazon-toys-2014", "lcrec", (19_412, 11_924, 167_597), "Toys.inter.json",
+         "f432a429753e34f4361a64d9130a88dcfb8d4dd241ae98bffdeca65f31fe7b38"),
         ("amazon-sports-2014", "p5", (35_598, 18_357, 296_337), "sequential_data.txt",
          "2a095e0648872beb9982408958290f5d655db5be2911c3756b5446de9f0b8de2"),
     ],
@@ -98,7 +100,10 @@ def test_p5_sports_known_users():
     assert data.item_ids[:3] == ["1881509818", "B0048KGFHU", "B0081JJVUC"]
     np.testing.assert_array_equal(data.sequences[0], np.arange(8))
     np.testing.assert_array_equal(data.sequences[1][:10], [8, 9, 10, 11, 12, 13, 14, 15, 0, 16])
-    assert data.item_text is None
+    # item_keywords.txt joined by ASIN (SOURCE.md: P5 item 1 = 1881509818)
+    assert data.item_ids[0] == "1881509818"
+    assert data.item_text[0] == "ghost armorers tool 332 punch hunting fishing"
+    assert data.item_fields["keywords"] == data.item_text
 
 
 def test_lcrec_scientific_sequences_and_text():
@@ -113,6 +118,14 @@ def test_lcrec_scientific_sequences_and_text():
     again = kcore(data)
     assert again.counts() == data.counts()
     assert again.provenance["filters"][-1]["rounds"] == 0
+
+
+def test_lcrec_toys_titles_and_categories():
+    data = _real("amazon-toys-2014")
+    titles = data.item_fields["title"]
+    assert sum(bool(t) for t in titles) == 11_924 - 59  # 59 items have no title (SOURCE.md)
+    assert all(data.item_text)  # every item has at least its category path
+    assert "Categories: Toys & Games" in data.item_text[0]
 
 
 @pytest.mark.parametrize("encoding", ["latin-1", "utf-8"])
@@ -273,6 +286,44 @@ def test_p5_without_datamaps_and_lcrec_by_file(tmp_path):
     assert lc.user_ids == ["0", "1"]
     assert lc.item_text == ["A & B.", "C. Brand: D."]
     assert read_lcrec(tmp_path).provenance["prefix"] == "Toy"
+
+
+@pytest.mark.parametrize("keywords, message", [
+    ("B2 red ball\nB1 blue kite\n", None),
+    ("B2 red ball\n", "no keywords for 1 item"),
+    ("B2 red ball\nB2 blue kite\n", ":2: ASIN B2 appears twice"),
+    ("B2 red ball\nB1\n", ":2: expected '<ASIN> <keywords>'"),
+])
+def test_p5_keywords_join_by_asin(tmp_path, keywords, message):
+    _write(tmp_path, {
+        "sequential_data.txt": "1 1 2 1\n2 2 1\n",
+        "datamaps.json": json.dumps({"id2user": {"1": "u1", "2": "u2"},
+                                     "id2item": {"1": "B1", "2": "B2"}}),
+        "item_keywords.txt": keywords,
+    })  # fmt: skip
+    if message is None:
+        data = read_p5(tmp_path)
+        assert data.item_text == ["blue kite", "red ball"]
+        assert "item_keywords.txt" in data.provenance["files"]
+    else:
+        with pytest.raises(ValueError, match=re.escape(message)) as err:
+            read_p5(tmp_path)
+        assert "item_keywords.txt" in str(err.value)
+
+
+def test_item_vectors_choice():
+    from sidjax.data.split import leave_one_out
+    from sidjax.experiment import item_vectors
+
+    data = InteractionData("toy", [np.array([0, 1, 2, 1]), np.array([2, 0, 1])], ["a", "b"],
+                           ["x", "y", "z"])
+    split = leave_one_out(data.sequences)
+    collab = item_vectors(data, split, log=lambda _: None, kind="auto")
+    assert collab.shape[0] == 3
+    with pytest.raises(ValueError, match="has no item text; use 'collab'"):
+        item_vectors(data, split, log=lambda _: None, kind="text")
+    with pytest.raises(ValueError, match="data.item_vectors='tfidf'"):
+        item_vectors(data, split, log=lambda _: None, kind="tfidf")
 
 
 def test_join_text_skips_empty_and_cleans():

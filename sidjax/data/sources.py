@@ -273,7 +273,10 @@ def read_p5(path: str | Path, *, name: str | None = None) -> InteractionData:
     ``path`` is the folder or the sequence file itself (S3-Rec names it ``<Category>.txt``). Lines
     are ``<uid> <iid> <iid> ...``, 1-based ints in chronological order; item index is ``iid - 1``.
     With ``datamaps.json`` next to it, ids map to reviewer ids / ASINs through ``id2user`` /
-    ``id2item`` and the catalog is ``id2item``; without it, ids stay the integer strings. No text.
+    ``id2item`` and the catalog is ``id2item``; without it, ids stay the integer strings. With
+    ``item_keywords.txt`` as well (lines ``<ASIN> <keywords>``, e.g. IDGenRec's LLM-generated
+    keywords), those keywords are the item text (field ``keywords``), joined by ASIN; every item
+    must have a line. Otherwise no text.
     """
     seq_path = Path(path)
     if seq_path.is_dir():
@@ -311,6 +314,10 @@ def read_p5(path: str | Path, *, name: str | None = None) -> InteractionData:
     else:
         item_ids = [str(i) for i in range(1, max_item + 1)]
         user_ids = [str(uid) for uid, _ in uids]
+    keywords = _p5_keywords(seq_path.parent / "item_keywords.txt", item_ids) \
+        if maps_path.is_file() else None
+    if keywords is not None:
+        files.append(seq_path.parent / "item_keywords.txt")
     return _build(
         _dataset_name(seq_path.parent, name),
         "p5",
@@ -320,7 +327,29 @@ def read_p5(path: str | Path, *, name: str | None = None) -> InteractionData:
         user_ids,
         item_ids,
         "users in file order; items by integer id; sequences as given (chronological)",
+        item_text=keywords,
+        item_fields=None if keywords is None else {"keywords": keywords},
     )
+
+
+def _p5_keywords(path: Path, asins: list[str]) -> list[str] | None:
+    """Keywords per item (in ``asins`` order) from ``<ASIN> <keywords>`` lines, or None without
+    the file; a missing, repeated or empty ASIN line is an error naming the file and line."""
+    if not path.is_file():
+        return None
+    by_asin: dict[str, str] = {}
+    for lineno, line in _lines(path, _encoding(path)):
+        asin, _, words = line.strip().partition(" ")
+        if not words.strip():
+            raise ValueError(f"{path}:{lineno}: expected '<ASIN> <keywords>', got {line.strip()!r}")
+        if asin in by_asin:
+            raise ValueError(f"{path}:{lineno}: ASIN {asin} appears twice")
+        by_asin[asin] = words.strip()
+    missing = [a for a in asins if a not in by_asin]
+    if missing:
+        raise ValueError(f"{path}: no keywords for {len(missing)} item(s), e.g. ASIN "
+                         f"{missing[0]}; give every item of datamaps.json a line or remove the file")
+    return [by_asin[a] for a in asins]
 
 
 def read_lcrec(path: str | Path, name: str | None = None) -> InteractionData:

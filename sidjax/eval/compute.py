@@ -61,14 +61,21 @@ def tokens_per_step(records: Sequence[Mapping]) -> int:
 
 
 def training_compute(params, pm_cfg, *, tokens: int, batch_size: int, steps: int,
-                     pretrain_flops: float | None = None, tied_output: int = 0) -> TrainingCompute:
+                     pretrain_flops: float | None = None, tied_output: int = 0,
+                     im_cfg=None) -> TrainingCompute:
     """:class:`TrainingCompute` of a model with parameters ``params`` (an ``nnx.State`` or pytree),
     PrefixMem config ``pm_cfg`` (None without PrefixMem), ``tokens`` per step of ``batch_size``
-    sequences, trained for ``steps``; ``tied_output``: see :func:`state_report`."""
+    sequences, trained for ``steps``; ``tied_output``: see :func:`state_report`. ``im_cfg``: the
+    item-memory control's spec (:func:`sidjax.nn.itemmem.resolve`), whose share is reported in
+    PrefixMem's column (the same memory FLOPs at matched sizes)."""
     if tokens % batch_size:
         raise ValueError(f"{tokens} tokens per step is not a multiple of the batch {batch_size}")
     report = state_report(params, None, tokens // batch_size, tied_output=tied_output)
     share = 3 * prefixmem.flops_per_token(pm_cfg) if pm_cfg is not None else 0
+    if im_cfg is not None:
+        from sidjax.nn import itemmem
+
+        share = 3 * itemmem.flops_per_token(im_cfg)
     return TrainingCompute(report["flops_per_token"], share, tokens, steps, batch_size,
                            pretrain_flops)
 

@@ -5,7 +5,10 @@
 added to the token embeddings at SID positions, the way a vision encoder feeds a language model
 (or, with ``model.prefixmem.inject_layers``, to the residual stream before those decoder blocks,
 from memory rows read once per call); without it the model is the plain "SID tokens in the
-vocabulary" baseline. The decoder is any family of :mod:`sidjax.nn.families` (default: Llama-style).
+vocabulary" baseline. With ``model.item_memory.enabled`` (exclusive with PrefixMem) the
+parameter-matched control of PrefixMem (:mod:`sidjax.nn.itemmem`: a table of PrefixMem's size keyed
+by the full SID of each completed history item, added at its last SID token only) is added at the
+embeddings instead. The decoder is any family of :mod:`sidjax.nn.families` (default: Llama-style).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from flax import nnx
 
 from sidjax.config import ModelConfig, PrefixMemConfig
 from sidjax.data.pipeline import SIDVocab
-from sidjax.nn import families, prefixmem
+from sidjax.nn import families, itemmem, prefixmem
 
 
 def resolve_prefixmem(cfg: ModelConfig, codes_per_level: tuple[int, ...]) -> PrefixMemConfig:
@@ -62,6 +65,9 @@ class SIDRecommender(nnx.Module):
     def __init__(self, cfg: ModelConfig, vocab: SIDVocab, *, rngs: nnx.Rngs, mesh=None,
                  rules=None):
         arch = families.resolve(cfg)
+        if arch.prefixmem.enabled and arch.item_memory.enabled:
+            raise ValueError("model.prefixmem.enabled and model.item_memory.enabled are both true; "
+                             "the item memory is PrefixMem's parameter-matched control: enable one")
         self.arch = arch
         self.vocab_size = vocab.size
         self.pad_id = vocab.pad_id
@@ -81,6 +87,11 @@ class SIDRecommender(nnx.Module):
                                  f"blocks {too_deep}, but model.num_layers={arch.num_layers}")
             self.prefixmem = nnx.Dict({k: nnx.Param(v) for k, v in prefixmem.init(
                 rngs.params(), self.pm_cfg).items()})
+        self.im_cfg = itemmem.resolve(arch, vocab.codes_per_level, mesh=mesh, rules=rules) \
+            if arch.item_memory.enabled else None
+        if self.im_cfg is not None:
+            self.itemmem = nnx.Dict({k: nnx.Param(v) for k, v in itemmem.init(
+                rngs.params(), self.im_cfg).items()})
         self.mesh = mesh
         self.rules = rules
 
@@ -118,6 +129,24 @@ class SIDRecommender(nnx.Module):
         inject = functools.partial(prefixmem.inject, params, memory, levels=levels, cfg=self.pm_cfg)
         return inject(x=x, layer=None), lambda i, h: inject(x=h, layer=i)
 
+    def _with_item_memory(self, x, codes, levels, last_only: bool = False):
+        """``x`` plus the item memory's output (:mod:`sidjax.nn.itemmem`; ``x`` without it).
+
+        Shapes as :meth:`_with_prefixmem`. It is non-zero only at level-L tokens (a completed
+        item), keyed by the L codes ending there. With ``last_only`` the windows hold the current
+        item's fed prefix, so a window shorter than L has no completed item: nothing is added (and
+        nothing computed). That is every step of :mod:`sidjax.decode`, which feeds levels 1..L-1.
+        """
+        if self.im_cfg is None or (last_only and codes.shape[-1] < self.im_cfg.num_levels):
+            return x
+        params = {k: v[...] for k, v in self.itemmem.items()}
+        memory = itemmem.read_memory(params, codes, levels, cfg=self.im_cfg, mesh=self.mesh,
+                                     rules=self.rules)
+        if last_only:
+            memory, levels = memory[..., -1, :], levels[..., -1]
+        delta = itemmem.project(params, memory, levels, cfg=self.im_cfg, hidden=x)
+        return x + delta.astype(x.dtype)
+
     def __call__(self, tokens, codes, levels, *, dropout_key=None, segment_ids=None,
                  positions=None):
         """Next-token logits ``[B, T, V]`` for left-padded sequences (training, scoring).
@@ -135,6 +164,7 @@ class SIDRecommender(nnx.Module):
         elif positions is None:
             positions = positions_from_valid(valid)
         x, hook = self._with_prefixmem(self.embed_tokens(tokens), codes, levels)
+        x = self._with_item_memory(x, codes, levels)
         x = self.embed_dropout(x, deterministic=rngs is None, rngs=rngs)
         x, _ = self.decoder(x, positions, valid, rngs=rngs, segment_ids=segment_ids,
                             before_block=hook)
@@ -149,6 +179,7 @@ class SIDRecommender(nnx.Module):
         valid = tokens != self.pad_id
         cache = self.decoder.init_cache(tokens.shape[0], tokens.shape[1] + extra)
         x, hook = self._with_prefixmem(self.embed_tokens(tokens), codes, levels)
+        x = self._with_item_memory(x, codes, levels)
         x, cache = self.decoder(x, positions_from_valid(valid), valid, cache=cache,
                                 before_block=hook)
         cache["next_position"] = jnp.sum(valid, axis=-1).astype(jnp.int32)
@@ -162,6 +193,9 @@ class SIDRecommender(nnx.Module):
         """
         x, hook = self._with_prefixmem(self.embed_tokens(tokens[:, -1:]), codes[:, None],
                                        levels[:, None], last_only=True)  # B 1 D
+        # Item memory: the fed token is level W of the current item (W < L when decoding a SID),
+        # so nothing is added; a W >= L window of a completed item gets its full-SID rows.
+        x = self._with_item_memory(x, codes[:, None], levels[:, None], last_only=True)
         positions = cache["next_position"][:, None]
         next_position = cache.pop("next_position")
         x, cache = self.decoder(x, positions, jnp.ones_like(positions, bool), cache=cache,
@@ -180,6 +214,8 @@ class SIDRecommender(nnx.Module):
         """
         x, hook = self._with_prefixmem(self.embed_tokens(tokens[..., -1]), codes, levels,
                                        last_only=True)  # B K D
+        # Item memory: depth <= L - 1 here (the last level is never fed), so it adds nothing.
+        x = self._with_item_memory(x, codes, levels, last_only=True)
         positions = jnp.broadcast_to(history["next_position"][:, None] + (depth - 1),
                                      x.shape[:2])
         x, generated = self.decoder.beam_step(x, positions, history, generated, before_block=hook)

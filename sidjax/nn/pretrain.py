@@ -468,7 +468,7 @@ def run_pretrain(args) -> int:
         prep = experiment.prepare(cfg, workdir, log)
         pm_cfg = dataclasses.replace(resolve_prefixmem(cfg.model, prep.sids.codes_per_level),
                                      enabled=True)
-        vectors = experiment.item_vectors(prep.data, prep.split, log)
+        vectors = experiment.item_vectors(prep.data, prep.split, log, cfg.data.item_vectors)
         log(f"pre-training PrefixMem ({pm.param_count(pm_cfg):,} params) for {args.steps} steps")
 
         def progress(done, entry):

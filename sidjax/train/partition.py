@@ -47,14 +47,15 @@ def path_names(path) -> tuple[str, ...]:
 def param_logical_axes(params: Any) -> Any:
     """Logical dimension names of every parameter, a pytree shaped like ``params``.
 
-    PrefixMem parameters (under ``prefixmem``) use :data:`sidjax.nn.prefixmem.PARAM_AXES`, with a
+    PrefixMem parameters (under ``prefixmem``) and those of its control (``itemmem``) use
+    :data:`sidjax.nn.prefixmem.PARAM_AXES`, PrefixMem's with a
     leading ``sites`` axis when they are stacked per injection site. Raises ``ValueError`` naming
     the parameter when its name or rank is unknown (add it here).
     """
     def one(path, leaf):
         names = path_names(path)
         leaf_name = names[-2] if names[-1] == "value" and len(names) > 1 else names[-1]
-        table = PARAM_AXES if "prefixmem" in names else _DECODER_AXES
+        table = PARAM_AXES if "prefixmem" in names or "itemmem" in names else _DECODER_AXES
         axes = table.get(leaf_name)
         if axes is not None and leaf.ndim == len(axes) + 1 and "prefixmem" in names:
             axes = ("sites",) + axes
