@@ -249,3 +249,98 @@ def test_collab_vectors_ignore_held_out_items(tmp_path):
     prepare_dataset(_p5(tmp_path / "s2", changed), b, vectors="collab", vector_dim=3)
     assert (a / "item_vectors.npy").read_bytes() == (b / "item_vectors.npy").read_bytes()
     assert (a / "heldout.npy").read_bytes() != (b / "heldout.npy").read_bytes()
+
+
+# ---- --overwrite replaces only a prepared folder, never the dataset or anything else ----
+
+
+def _tree(root):
+    """Every path under ``root`` (hidden ones too): bytes for files, the target for links."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        out[rel] = f"-> {p.readlink()}" if p.is_symlink() else (
+            p.read_bytes() if p.is_file() else "dir")
+    return out
+
+
+def _cli(path, out, *extra):
+    parser = argparse.ArgumentParser()
+    prepare.add_prepare_parser(parser.add_subparsers())
+    return prepare.run_prepare(parser.parse_args(
+        ["prepare", "--path", str(path), "--out", str(out), "--vectors", "collab",
+         "--vector-dim", "4", *extra]))
+
+
+def _layout(tmp_path, case):
+    """(path, out) of each refused ``--overwrite``; raw data and unrelated files around them."""
+    src = _p5(tmp_path / "mydata", P5_LINES)
+    (src / "notes.txt").write_text("my notes, not part of any dataset\n")
+    if case == "out is the path":
+        return src, src
+    if case == "out is the path file":
+        return src / "sequential_data.txt", src / "sequential_data.txt"
+    if case == "out contains the path":  # a prepared folder that holds the raw data
+        prepare_dataset(_p5(tmp_path / "other", P5_LINES), tmp_path / "prep", vectors="collab")
+        raw = tmp_path / "prep" / "raw"
+        src.rename(raw)
+        return raw, tmp_path / "prep"
+    if case == "out is inside the path":  # a prepared folder inside the raw data folder
+        prepare_dataset(_p5(tmp_path / "other", P5_LINES), src / "prep", vectors="collab")
+        return src, src / "prep"
+    if case == "out is a file":
+        (tmp_path / "some.csv").write_text("user,item\nu1,i1\n")
+        return src, tmp_path / "some.csv"
+    if case == "out is an unrelated folder":
+        _write(tmp_path / "results", {"report.md": "# my results\n"})
+        return src, tmp_path / "results"
+    if case == "out has another dataset.json":
+        _write(tmp_path / "other_tool", {"dataset.json": json.dumps({"format": "hf-datasets"}),
+                                         "data.bin": b"\0\1\2"})
+        return src, tmp_path / "other_tool"
+    if case == "out is a link to a prepared folder":
+        prepare_dataset(_p5(tmp_path / "other", P5_LINES), tmp_path / "prep", vectors="collab")
+        (tmp_path / "link").symlink_to(tmp_path / "prep")
+        return src, tmp_path / "link"
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case, says", [
+    ("out is the path", "is the dataset being read"),
+    ("out is the path file", "is the dataset being read"),
+    ("out contains the path", "contains the dataset being read"),
+    ("out is inside the path", "is inside the dataset being read"),
+    ("out is a file", "is a file, not a folder from sidjax prepare"),
+    ("out is an unrelated folder", "is not a folder from sidjax prepare"),
+    ("out has another dataset.json", "is not a folder from sidjax prepare"),
+    ("out is a link to a prepared folder", "is a symbolic link"),
+])
+def test_overwrite_refuses_anything_but_a_prepared_folder(tmp_path, capsys, case, says):
+    path, out = _layout(tmp_path, case)
+    before = _tree(tmp_path)
+    assert _cli(path, out, "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("sidjax prepare: error: "), err
+    assert f"{out} {says}" in err and "choose another --out" in err, err
+    assert _tree(tmp_path) == before  # byte-identical, and no hidden or temporary leftovers
+    with pytest.raises(prepare.OutputConflict, match="choose another --out"):
+        prepare_dataset(path, out, vectors="collab", overwrite=True)
+    assert _tree(tmp_path) == before
+
+
+def test_overwrite_replaces_a_prepared_folder_next_to_its_data(tmp_path, capsys):
+    src = _p5(tmp_path / "mydata", P5_LINES)
+    out = tmp_path / "prep"
+    assert _cli(src, out) == 0
+    assert _cli(src, out, "--overwrite", "--vector-dim", "3") == 0
+    assert load_prepared(out).item_vectors.shape == (6, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata", "prep"]
+    assert sorted(p.name for p in src.iterdir()) == ["datamaps.json", "sequential_data.txt"]
+
+
+def test_out_inside_the_dataset_is_refused_without_overwrite_too(tmp_path, capsys):
+    src = _p5(tmp_path / "mydata", P5_LINES)
+    before = _tree(tmp_path)
+    assert _cli(src, src / "prep") == 2
+    assert "is inside the dataset being read" in capsys.readouterr().err
+    assert _tree(tmp_path) == before

@@ -229,11 +229,47 @@ def _umask() -> int:
     return mask
 
 
-def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Renames the finished ``tmp`` folder to ``out`` (an existing ``out`` only if ``overwrite``)."""
-    if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+class OutputConflict(FileExistsError):
+    """``out_dir`` cannot be written: it overlaps the dataset being read, or it exists and is not
+    a prepared folder that may be replaced."""
+
+
+def check_output(source_path: str | Path, out_dir: str | Path, overwrite: bool) -> None:
+    """Raises before anything is read or written when ``out_dir`` may not be (re)written.
+
+    ``out_dir`` may not be ``source_path``, a folder containing it or a path inside it. An
+    existing ``out_dir`` needs ``overwrite`` (else ``FileExistsError``), and even then only a
+    folder written by :func:`prepare_dataset` (``dataset.json`` of format ``sidjax-prepared``)
+    is replaced: a file, a symbolic link or any other folder raises :class:`OutputConflict`.
+    """
+    src, out = Path(source_path), Path(out_dir)
+    real_src, real_out = src.resolve(), out.resolve()
+    fix = "choose another --out"
+    if real_out == real_src or (out.exists() and src.exists() and os.path.samefile(out, src)):
+        raise OutputConflict(f"--out {out} is the dataset being read (--path {src}); {fix}")
+    if real_out in real_src.parents:
+        raise OutputConflict(f"--out {out} contains the dataset being read (--path {src}); {fix}")
+    if real_src in real_out.parents:
+        raise OutputConflict(f"--out {out} is inside the dataset being read (--path {src}); {fix}")
+    if not (out.exists() or out.is_symlink()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    if out.is_symlink() or not out.is_dir():
+        kind = "a symbolic link" if out.is_symlink() else "a file"
+        raise OutputConflict(f"{out} is {kind}, not a folder from sidjax prepare, so --overwrite "
+                             f"does not replace it; {fix} or remove it yourself")
+    if not is_prepared(out):
+        raise OutputConflict(f"{out} is not a folder from sidjax prepare (no dataset.json of format "
+                             f"{FORMAT!r}), so --overwrite does not replace it; {fix} or remove it "
+                             "yourself")
+
+
+def _publish(tmp: Path, out: Path, source_path: Path, overwrite: bool) -> None:
+    """Renames the finished ``tmp`` folder to ``out`` (an existing ``out`` only if ``overwrite``
+    and :func:`check_output` allows it)."""
+    if out.exists() or out.is_symlink():
+        check_output(source_path, out, overwrite)  # again: out may have changed while preparing
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
         os.replace(tmp, out)
@@ -273,13 +309,13 @@ def prepare_dataset(
       vector_dim, seed: size and seed of collaborative vectors.
       min_interactions: users with fewer items are dropped (or an error if ``strict``).
       strict: raise on short users, duplicate events and (text vectors) items without text.
-      overwrite: replace an existing ``out_dir``.
+      overwrite: replace an existing ``out_dir``; only a prepared folder (see
+        :func:`check_output`) is replaced, anything else raises :class:`OutputConflict`.
       encoder: texts -> vectors function; default :func:`sidjax.text.encode_texts`.
       reader_args: extra keyword arguments for the reader (``read_table``'s column names).
     """
     source_path, out = Path(source_path), Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+    check_output(source_path, out, overwrite)
     raw = sources.load_dataset(source_path, fmt, **(reader_args or {}))
     if kcore is not None:
         user_min, item_min = (kcore, kcore) if isinstance(kcore, int) else kcore
@@ -311,7 +347,7 @@ def prepare_dataset(
     os.chmod(tmp, 0o777 & ~_umask())
     try:
         _write_folder(tmp, data, texts, vecs, meta)
-        _publish(tmp, out, overwrite)
+        _publish(tmp, out, source_path, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -423,7 +459,9 @@ def add_prepare_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="k-core filter: one N for users and items, or USER_MIN ITEM_MIN")
     p.add_argument("--min-interactions", type=int, default=MIN_INTERACTIONS)
     p.add_argument("--strict", action="store_true", help="error on short users / duplicates")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out folder written by sidjax prepare (never a "
+                        "file, another folder, or the --path dataset)")
     p.add_argument("--seed", type=int, default=0)
     g = p.add_argument_group("table format")
     g.add_argument("--user-col", default="user")
@@ -438,7 +476,9 @@ def add_prepare_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run_prepare(args: argparse.Namespace) -> int:
     """Runs ``sidjax prepare``; prints the counts and returns the exit code.
 
-    An existing ``--out`` without ``--overwrite`` prints an error and returns 2; bad input raises
+    An ``--out`` that may not be written (:func:`check_output`: it exists without
+    ``--overwrite``, is not a prepared folder, or overlaps ``--path``) prints a one-line error and
+    returns 2 with nothing changed on disk; bad input raises
     ``ValueError`` / ``FileNotFoundError`` (the CLI prints those as ``sidjax prepare: error: ...``).
     """
     fmt = args.source

@@ -7,17 +7,28 @@ the last ``max_to_keep`` steps plus the best validated one (``LatestN`` or ``Bes
 preservation); orbax writes each step to a temporary folder and renames it when complete, so a
 partly written step is never restored.
 
+Once orbax has finalised a step (renamed it into place), the primary process writes
+``<step>/sidjax_manifest.json``: the size and sha256 of every other file of the step folder,
+written last and atomically. Restoring verifies it first, so a file whose bytes changed (even at
+the same size) is caught. A step without a manifest (saved before manifests existed, or killed
+between finalising and writing it) is restored unverified, with a log line saying so.
+
 Restoring reads into the shardings of the target arrays, so a run saved on one mesh resumes on
-another (or on one device). A step that cannot be read (truncated or corrupted files) is reported
-and skipped: the next candidate (the previous step) is restored instead.
+another (or on one device). A step that cannot be read (truncated or corrupted files, a file that
+does not match its manifest) is reported and skipped: the next candidate (the previous step) is
+restored instead. When every step is damaged, restoring raises a ``ValueError``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import math
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,8 +66,87 @@ def manager(directory: Path, max_to_keep: int, best_metric: str | None = None,
                                           keep_checkpoints_without_metrics=False)])))
     else:
         options["max_to_keep"] = max_to_keep
-    return ocp.CheckpointManager(Path(directory).absolute(),
-                                 options=ocp.CheckpointManagerOptions(**options))
+    return _Manager(Path(directory).absolute(), options=ocp.CheckpointManagerOptions(**options))
+
+
+MANIFEST = "sidjax_manifest.json"
+MANIFEST_FORMAT = "sidjax-checkpoint-manifest"
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint step whose files do not match its manifest."""
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _step_files(step_dir: Path) -> list[Path]:
+    """Every file of a step folder but the manifest (and its temporary files), sorted."""
+    return sorted(p for p in step_dir.rglob("*") if p.is_file()
+                  and not p.name.startswith((MANIFEST, f".{MANIFEST}")))
+
+
+def write_manifest(step_dir: Path) -> Path:
+    """Writes ``step_dir/sidjax_manifest.json`` (size and sha256 of every other file of the
+    finalised step folder) atomically; returns its path."""
+    step_dir = Path(step_dir)
+    files = {p.relative_to(step_dir).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+             for p in _step_files(step_dir)}
+    text = json.dumps({"format": MANIFEST_FORMAT, "version": 1, "files": files}, indent=1,
+                      sort_keys=True) + "\n"
+    # a plain open (not mkstemp) so the file gets the umask's permissions like orbax's files
+    tmp = step_dir / f".{MANIFEST}.tmp-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, step_dir / MANIFEST)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return step_dir / MANIFEST
+
+
+def verify_manifest(step_dir: Path) -> bool:
+    """Checks the files of a step folder against its manifest: True when they match, False when
+    the step has no manifest (saved before manifests existed); raises :class:`DamagedCheckpoint`
+    naming the first missing or changed file."""
+    step_dir = Path(step_dir)
+    path = step_dir / MANIFEST
+    if not path.is_file():
+        return False
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if manifest.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
+            raise ValueError(f"not a {MANIFEST_FORMAT}")
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise DamagedCheckpoint(f"{MANIFEST} is unreadable ({e})") from None
+    for name, want in sorted(files.items()):
+        file = step_dir / name
+        if not file.is_file():
+            raise DamagedCheckpoint(f"{name} is missing (listed in {MANIFEST})")
+        size = file.stat().st_size
+        if size != want["bytes"]:
+            raise DamagedCheckpoint(f"{name} has {size} bytes, {MANIFEST} says {want['bytes']}")
+        if _sha256(file) != want["sha256"]:
+            raise DamagedCheckpoint(f"{name}: sha256 differs from {MANIFEST}")
+    return True
+
+
+class _Manager(ocp.CheckpointManager):
+    """A ``CheckpointManager`` that writes :data:`MANIFEST` into each step it saves."""
+
+    def _finalize(self, step: int, steps_to_remove: list[int]):
+        # Runs in orbax's save-finalize thread (or inline for a synchronous save) and renames the
+        # step into place; wait_until_finished joins it, so the manifest exists after that call.
+        super()._finalize(step, steps_to_remove)
+        step_dir = Path(self.directory) / str(step)
+        if jax.process_index() == 0 and step_dir.is_dir():
+            write_manifest(step_dir)
 
 
 class _DropUnvalidatedWarning(logging.Filter):
@@ -80,6 +170,9 @@ def save(mngr: ocp.CheckpointManager, step: int, params, opt_state, config_hash:
          data_state: dict | None = None, validation: dict | None = None,
          metrics: dict | None = None) -> None:
     """Saves the state of ``step`` (asynchronously; call ``wait_until_finished`` before exit).
+
+    With a manager from :func:`manager`, the step's sha256 manifest is written once orbax has
+    finalised the step (done when ``wait_until_finished`` returns).
 
     ``data_state`` is the data iterator's JSON state, ``validation`` the best tracker's state and
     ``metrics`` this step's validation metrics (which rank it for keep-best).
@@ -123,9 +216,15 @@ class Restored:
 
 def _restore_first_good(mngr: ocp.CheckpointManager, steps: list[int], items: dict,
                         config_hash: str, log: Log | None) -> Restored | None:
-    """The first of ``steps`` that reads back, or None; damaged steps are reported and skipped."""
+    """The first of ``steps`` that matches its manifest (if it has one) and reads back; damaged
+    steps are reported and skipped. None when ``steps`` is empty; a ``ValueError`` when every
+    step is damaged."""
     for i, step in enumerate(steps):
         try:
+            if not verify_manifest(Path(mngr.directory) / str(step)):
+                (log or print)(f"checkpoint {mngr.directory}/{step} has no {MANIFEST} (saved "
+                               "before manifests, or stopped while writing it); restoring it "
+                               "unverified")
             meta = check_hash(mngr, step, config_hash)
             args = {k: ocp.args.StandardRestore(_abstract(v)) for k, v in items.items()}
             if (Path(mngr.directory) / str(step) / "data").is_dir():
@@ -141,16 +240,22 @@ def _restore_first_good(mngr: ocp.CheckpointManager, steps: list[int], items: di
             return Restored(step, {k: restored[k] for k in items}, meta,
                             restored["data"] if "data" in args else None)
         fallback = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else \
-            "no older checkpoint: starting from step 0"
+            "no older checkpoint"
         (log or print)(f"checkpoint {mngr.directory}/{step} is damaged and was skipped "
                        f"({type(error).__name__}: {str(error)[:200]}); {fallback}")
+    if steps:
+        raise ValueError(
+            f"all {len(steps)} checkpoint(s) under {mngr.directory} are damaged (steps "
+            f"{sorted(steps)}; see the messages above); move that folder away to train from step "
+            "0, or use another --workdir")
     return None
 
 
 def restore_training(mngr: ocp.CheckpointManager, params, opt_state, config_hash: str,
                      log: Log | None = None) -> Restored | None:
     """The newest readable checkpoint with ``params``/``opt_state`` in ``items`` (shaped and
-    sharded like the inputs), or None when there is none."""
+    sharded like the inputs), or None when there is none; raises ``ValueError`` when every
+    checkpoint is damaged."""
     steps = sorted(mngr.all_steps(), reverse=True)
     return _restore_first_good(mngr, steps, {"params": params, "opt_state": opt_state},
                                config_hash, log)
@@ -186,7 +291,8 @@ def restore_chosen(directory: Path, params, config_hash: str = "", log: Log | No
 
     ``which="latest"``: the newest readable step. ``which="best"``: the step whose validation
     metric ``best_metric`` is best; when no step was validated, the latest (``which_used`` says
-    which one was read). A damaged step falls back to the next newest.
+    which one was read). A damaged step (the best one included) falls back to the next newest;
+    ``ValueError`` when every step is damaged.
     """
     if which not in CHECKPOINT_CHOICES:
         raise ValueError(f"eval.checkpoint={which!r}; use one of {CHECKPOINT_CHOICES}")
@@ -206,7 +312,7 @@ def restore_chosen(directory: Path, params, config_hash: str = "", log: Log | No
         restored = _restore_first_good(mngr, steps, {"params": params}, config_hash, log)
         if restored is None:
             raise FileNotFoundError(
-                f"no readable checkpoint under {directory}; train first with `sidjax train`")
+                f"no checkpoint under {directory}; train first with `sidjax train`")
         if restored.step != (steps[0] if steps else None):
             used = "latest"
         return restored.step, restored.items["params"], used
