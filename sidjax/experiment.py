@@ -52,7 +52,7 @@ from sidjax.nn.model import SIDRecommender, count_params
 from sidjax.sid.table import SIDTable, load_sid_table, save_sid_table
 from sidjax.sid.trie import SIDTrie, build_trie
 from sidjax.train import checkpoint
-from sidjax.train.loop import state_report, tied_output_params, train
+from sidjax.train.loop import sid_task_loss, state_report, tied_output_params, train
 from sidjax.train.partition import make_partitioner
 
 Log = Callable[[str], None]
@@ -357,9 +357,13 @@ def train_model(prep: Prepared, workdir: Path, log: Log = print, progress=None) 
                             seed=cfg.train.seed, item_ids=sasrec,
                             pack_segments=cfg.data.pack_segments,
                             pack_length=cfg.data.pack_length or None, prompt=prep.prompt)
-    loss_fn = None
+    smoothing = cfg.train.label_smoothing
     if sasrec:
-        from sidjax.nn.sasrec import sasrec_task_loss as loss_fn
+        from sidjax.nn.sasrec import sasrec_task_loss
+
+        loss_fn = functools.partial(sasrec_task_loss, label_smoothing=smoothing)
+    else:
+        loss_fn = sid_task_loss(prep.vocab, smoothing)
     evaluate = make_validation(prep, nnx.split(model)[0]) if cfg.train.eval_every > 0 else None
     trained = train(model, dataset, prep.vocab, cfg.train, workdir,
                     config_hash=run_hash(cfg, prep.sids, init), progress=progress, log=log,

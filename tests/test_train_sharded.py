@@ -68,11 +68,56 @@ def test_meshes_give_the_single_device_losses_and_params(setup, reference):
     assert ref_losses[-1] != ref_losses[0]
 
 
-def test_grad_accumulation_matches_the_full_batch(setup, reference):
-    accumulated, _ = _run(setup, (2, 1, 1), steps=3, grad_accum=2)
-    # micro-batch losses are averaged per micro-batch, so only close to the token-weighted mean
-    np.testing.assert_allclose(accumulated, reference[0], rtol=0.02)
-    assert accumulated[0] != reference[0][0]
+def _per_position_loss(vocab):
+    """The SID loss summed over target tokens and divided by the static number of positions:
+    linear in the rows, so the mean of equal micro-batches' losses (and gradients) is exactly the
+    full batch's (the default SID loss divides by each micro-batch's own token count)."""
+    from sidjax.train.loop import sid_token_nll
+
+    def loss(model, batch, dropout_key):
+        logits = model(batch["tokens"], batch["codes"], batch["levels"], dropout_key=dropout_key)
+        nll, _, level = sid_token_nll(logits, batch["targets"], vocab)
+        value = jax.numpy.sum(nll * (level > 0)) / nll.size
+        return value, {"loss": value}
+
+    return loss
+
+
+def _gradient(setup, grad_accum, mesh):
+    """Gradient of one training step on batch 0, read off an SGD step of rate 1 (update = -grad),
+    with ``grad_accum`` micro-batches on a ``mesh_data=mesh`` mesh; and the step's metrics."""
+    from flax import nnx
+
+    cfg, prep, data = setup
+    graphdef, params = nnx.split(E.build_model(cfg, prep.vocab))
+    tx = optax.sgd(1.0)
+    part = make_partitioner(mesh, 1, 1)
+    shardings = part.state_shardings(params, jax.eval_shape(tx.init, params))
+    if shardings[0] is not None:
+        params = jax.device_put(params, shardings[0])
+    before = [np.asarray(x) for x in jax.tree.leaves(params)]
+    step_fn = make_train_step(graphdef, tx, prep.vocab, False, partitioner=part,
+                              state_shardings=shardings, grad_accum=grad_accum,
+                              loss_fn=_per_position_loss(prep.vocab))
+    params, _, metrics = step_fn(params, tx.init(params), part.shard_batch(data[0]), 0,
+                                 jax.random.key(0))
+    grads = [b - np.asarray(a) for a, b in zip(jax.tree.leaves(params), before)]
+    return grads, {k: float(v) for k, v in metrics.items()}
+
+
+@pytest.mark.parametrize("mesh", [1, 2])
+def test_grad_accumulation_equals_the_full_batch_gradient(setup, mesh):
+    """Micro-batch gradients are averaged over all k micro-batches: summing them (k x), or
+    dropping some, fails here."""
+    full, full_metrics = _gradient(setup, 1, mesh)
+    scale = max(float(np.abs(g).max()) for g in full)
+    assert scale > 0
+    for k in (2, 4):
+        accumulated, metrics = _gradient(setup, k, mesh)
+        for a, b in zip(accumulated, full):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale, err_msg=f"k={k}")
+        np.testing.assert_allclose(metrics["loss"], full_metrics["loss"], rtol=1e-5)
+        np.testing.assert_allclose(metrics["grad_norm"], full_metrics["grad_norm"], rtol=1e-4)
 
 
 def test_bf16_compute_keeps_float32_master_weights(setup, reference):

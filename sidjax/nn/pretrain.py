@@ -445,24 +445,36 @@ def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
                    help="override a config value (repeatable)")
     p.add_argument("--workdir", required=True,
                    help="run folder; writes prefixmem_pretrained/ and pretrain_metrics.jsonl")
-    p.add_argument("--steps", type=int, default=500)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--contrastive-weight", type=float, default=0.1)
+    from sidjax.cli import at_least, positive_float
+
+    p.add_argument("--steps", type=at_least(1), default=500, help="Adam steps (default 500)")
+    p.add_argument("--lr", type=positive_float, default=3e-3, help="learning rate (default 3e-3)")
+    p.add_argument("--batch-size", type=at_least(1), default=256,
+                   help="items per step (default 256)")
+    p.add_argument("--contrastive-weight", type=at_least(0.0, float), default=0.1,
+                   help="weight of the co-engagement contrastive loss (default 0.1; 0 = off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     return p
 
 
 def run_pretrain(args) -> int:
-    """Runs ``sidjax pretrain-mem``: data and SIDs via ``experiment.prepare``, then pre-training."""
+    """Runs ``sidjax pretrain-mem``: data and SIDs via ``experiment.prepare``, then pre-training.
+
+    Returns the exit code: 0, or 2 after an error of ordinary use (a bad config key or value, a
+    missing file; printed as one line by :func:`sidjax.cli.report_error`).
+    """
     from sidjax import config as config_lib
     from sidjax import experiment
+    from sidjax.cli import USER_ERRORS, report_error
     from sidjax.nn.model import resolve_prefixmem
 
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    if args.steps < 1:
+        return report_error(ValueError(f"--steps={args.steps}: must be >= 1"), "pretrain-mem")
     try:
-        cfg = config_lib.apply_overrides(config_lib.load_config(args.config), args.set or [])
+        cfg = config_lib.validate(
+            config_lib.apply_overrides(config_lib.load_config(args.config), args.set or []))
         workdir = Path(args.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         prep = experiment.prepare(cfg, workdir, log)
@@ -493,9 +505,8 @@ def run_pretrain(args) -> int:
         tmp = Path(f"{metrics_path}.tmp")
         tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
         os.replace(tmp, metrics_path)
-    except (config_lib.ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"sidjax pretrain-mem: error: {err}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as err:
+        return report_error(err, "pretrain-mem")
     first, last = history[0], history[-1]
     print(f"pre-trained PrefixMem for {args.steps} steps ({flops:.3g} FLOPs): loss "
           f"{first['loss']:.4f} (step {first['step']}) -> {last['loss']:.4f}; checkpoint {out}; "

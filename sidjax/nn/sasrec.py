@@ -19,6 +19,7 @@ from flax import nnx
 
 from sidjax.config import ModelConfig
 from sidjax.nn.decoder import Decoder
+from sidjax.nn.losses import smoothed_nll
 from sidjax.nn.model import positions_from_valid
 
 PAD_ITEM = 0
@@ -59,15 +60,16 @@ class SASRec(nnx.Module):
         return self.item_logits(self.hidden(items, dropout_key=dropout_key))
 
 
-def item_loss(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, dict]:
-    """Mean full-softmax cross-entropy of next-item ``targets`` (item tokens, PAD ignored).
+def item_loss(logits: jax.Array, targets: jax.Array,
+              label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
+    """Mean full-softmax cross-entropy of next-item ``targets`` (item tokens, PAD ignored), with
+    ``label_smoothing`` of the target spread over all items (:func:`sidjax.nn.losses.smoothed_nll`).
 
     Returns ``(loss, {"loss", "acc"})``; ``acc`` is the top-1 accuracy over non-PAD targets.
     """
     logits = logits.astype(jnp.float32)
     labels = jnp.maximum(targets - 1, 0)
-    nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(
-        logits, labels[..., None], axis=-1)[..., 0]
+    nll = smoothed_nll(logits, labels, None, label_smoothing)
     weight = (targets != PAD_ITEM).astype(jnp.float32)
     total = jnp.maximum(jnp.sum(weight), 1.0)
     loss = jnp.sum(nll * weight) / total
@@ -75,7 +77,9 @@ def item_loss(logits: jax.Array, targets: jax.Array) -> tuple[jax.Array, dict]:
     return loss, {"loss": loss, "acc": acc}
 
 
-def sasrec_task_loss(model: SASRec, batch: dict, dropout_key) -> tuple[jax.Array, dict]:
+def sasrec_task_loss(model: SASRec, batch: dict, dropout_key,
+                     label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
     """The training task for :func:`sidjax.train.loop.train` (``loss_fn``): batches of
     ``items``/``targets`` from ``train_dataset(..., item_ids=True)``."""
-    return item_loss(model(batch["items"], dropout_key=dropout_key), batch["targets"])
+    return item_loss(model(batch["items"], dropout_key=dropout_key), batch["targets"],
+                     label_smoothing)

@@ -164,12 +164,20 @@ def inspect_sids(sid_dir, item_titles=None, *, examples: int = 3, plot: bool = T
 
 
 def _codes_arg(text: str) -> int | tuple[int, ...]:
-    parts = [int(p) for p in text.split(",")]
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected one int or one per level (e.g. 256 or 256,256,128), got {text!r}") from None
+    if min(parts) < 2:
+        raise argparse.ArgumentTypeError(f"every K must be >= 2, got {text}")
     return parts[0] if len(parts) == 1 else tuple(parts)
 
 
 def add_sids_parser(subparsers) -> argparse.ArgumentParser:
     """Registers ``sids build`` and ``sids inspect`` on an argparse subparsers object."""
+    from sidjax.cli import at_least, positive_float
+
     p = subparsers.add_parser("sids", help="build and inspect Semantic IDs")
     sub = p.add_subparsers(dest="sids_command", required=True)
     b = sub.add_parser("build", help="quantize item vectors into unique SIDs")
@@ -181,25 +189,28 @@ def add_sids_parser(subparsers) -> argparse.ArgumentParser:
                    "training split")
     b.add_argument("--text", action="store_true", help="embed item text with MiniLM instead")
     b.add_argument("--method", choices=sorted(METHODS), default="rqkmeans")
-    b.add_argument("--levels", type=int, default=3)
+    b.add_argument("--levels", type=at_least(1), default=3, help="SID levels (default 3)")
     b.add_argument("--codes", type=_codes_arg, default=256, help="K per level: 256 or 256,256,128")
     b.add_argument("--out", required=True)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     b.add_argument("--no-reassign", action="store_true", help="always append a collision level")
     b.add_argument("--no-split", action="store_true", help="do not move items out of length-(L-1) "
                    "prefixes with more than K_L items (an extra level may then be needed)")
     b.add_argument("--balanced", action="store_true", help="rqkmeans: cap items per code")
-    b.add_argument("--slack", type=float, default=0.0)
-    b.add_argument("--iters", type=int, default=25, help="rqkmeans Lloyd iterations")
+    b.add_argument("--slack", type=at_least(0.0, float), default=0.0,
+                   help="with --balanced: extra items allowed per code, as a fraction")
+    b.add_argument("--iters", type=at_least(1), default=25, help="rqkmeans Lloyd iterations")
     vae = RQVAEConfig()
-    b.add_argument("--steps", type=int, default=vae.steps, help="rqvae training steps")
+    b.add_argument("--steps", type=at_least(1), default=vae.steps, help="rqvae training steps")
     b.add_argument("--estimator", choices=ESTIMATORS, default=vae.estimator, help="rqvae gradient "
                    "estimator")
-    b.add_argument("--beta", type=float, default=vae.beta, help="rqvae commitment weight")
-    b.add_argument("--learning-rate", type=float, default=vae.learning_rate, help="rqvae Adam rate")
+    b.add_argument("--beta", type=at_least(0.0, float), default=vae.beta, help="rqvae commitment weight")
+    b.add_argument("--learning-rate", type=positive_float, default=vae.learning_rate,
+                   help="rqvae Adam rate")
     i = sub.add_parser("inspect", help="print SID stats and example branches, plot code usage")
     i.add_argument("dir")
-    i.add_argument("--examples", type=int, default=3)
+    i.add_argument("--examples", type=at_least(0), default=3,
+                   help="level-1 branches shown (default 3)")
     i.add_argument("--no-plot", action="store_true")
     return p
 
@@ -234,7 +245,10 @@ def _data_vectors(args) -> tuple[np.ndarray, list[str], list[str] | None]:
 
 
 def run_sids(args) -> int:
-    """Runs the ``sids`` subcommand parsed by :func:`add_sids_parser`; returns the exit code."""
+    """Runs the ``sids`` subcommand parsed by :func:`add_sids_parser`; returns the exit code.
+
+    Bad input raises (``ValueError``, ``FileNotFoundError``, ...); ``sidjax.cli.main`` prints it
+    as one line ``sidjax sids build: error: ...`` and exits 2."""
     if args.sids_command == "inspect":
         print(inspect_sids(args.dir, examples=args.examples, plot=not args.no_plot))
         return 0

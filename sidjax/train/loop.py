@@ -18,11 +18,12 @@ from jax.experimental import multihost_utils
 
 from sidjax.config import TrainConfig
 from sidjax.data.pipeline import SIDVocab
+from sidjax.nn.losses import smoothed_nll
 from sidjax.train import checkpoint
 from sidjax.train.batches import BatchStream
 from sidjax.train.observe import MetricsWriter, format_state_report
 from sidjax.train.partition import make_partitioner, path_names
-from sidjax.train.signals import Preempted, sigterm_flag
+from sidjax.train.signals import stop_flag
 from sidjax.train.validation import BestTracker, check_validation_config, is_eval_step
 
 
@@ -43,17 +44,28 @@ def sid_token_nll(logits: jax.Array, targets: jax.Array,
     return nll, jnp.argmax(logits, axis=-1) == targets, target_level
 
 
-def sid_loss(logits: jax.Array, targets: jax.Array, vocab: SIDVocab) -> tuple[jax.Array, dict]:
+def sid_loss(logits: jax.Array, targets: jax.Array, vocab: SIDVocab,
+             label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
     """Mean cross-entropy of next SID tokens, each over its own level's codes. Targets that are not
     SID tokens (PAD, and the BOS that follows the last left-padding position) are ignored.
+    ``label_smoothing`` spreads that share of the target over the level's codes
+    (:func:`smoothed_nll`; the metrics' ``nll`` stays unsmoothed).
 
     Returns ``(loss, metrics)`` where metrics hold the loss and per-level token accuracy.
     """
     nll, correct, target_level = sid_token_nll(logits, targets, vocab)
     weight = (target_level > 0).astype(jnp.float32)
-    loss = jnp.sum(nll * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+    total = jnp.maximum(jnp.sum(weight), 1.0)
+    if label_smoothing:
+        allowed = jnp.asarray(vocab.level_mask())[target_level]
+        smoothed = smoothed_nll(logits, targets, allowed, label_smoothing)
+        loss = jnp.sum(smoothed * weight) / total
+    else:
+        loss = jnp.sum(nll * weight) / total
     correct = correct * weight
     metrics = {"loss": loss}
+    if label_smoothing:
+        metrics["nll"] = jnp.sum(nll * weight) / total
     for level in range(1, vocab.num_levels + 1):
         at = (target_level == level) * weight
         metrics[f"acc_l{level}"] = jnp.sum(correct * at) / jnp.maximum(jnp.sum(at), 1.0)
@@ -153,16 +165,16 @@ def _cast_floats(tree, dtype):
                         tree)
 
 
-def sid_task_loss(vocab: SIDVocab) -> Callable:
+def sid_task_loss(vocab: SIDVocab, label_smoothing: float = 0.0) -> Callable:
     """The next-SID-token loss as a task: ``(model, batch, dropout_key) -> (loss, metrics)``.
 
     ``batch`` holds ``tokens/codes/levels/targets`` and, for packed rows, ``segment_ids`` and
-    ``positions``.
+    ``positions``. ``label_smoothing``: see :func:`sid_loss`.
     """
     def loss(model, batch, dropout_key):
         logits = model(batch["tokens"], batch["codes"], batch["levels"], dropout_key=dropout_key,
                        segment_ids=batch.get("segment_ids"), positions=batch.get("positions"))
-        return sid_loss(logits, batch["targets"], vocab)
+        return sid_loss(logits, batch["targets"], vocab, label_smoothing)
 
     return loss
 
@@ -346,8 +358,10 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, 
 
     Checkpoints every ``cfg.checkpoint_every`` steps, at every validation and at the end. A
     non-finite loss stops the run with an error naming the step, without saving. SIGTERM saves
-    at the next step boundary and raises :class:`~sidjax.train.signals.Preempted`. Returns the
-    model with the last step's parameters (on the default device).
+    at the next step boundary and raises :class:`~sidjax.train.signals.Preempted`; so does a
+    first Ctrl-C (SIGINT), raising :class:`~sidjax.train.signals.Interrupted` (a second Ctrl-C
+    before that boundary aborts at once with KeyboardInterrupt). The previous signal handlers
+    come back after. Returns the model with the last step's parameters (on the default device).
     """
     workdir = Path(workdir)
     if cfg.batch_size % cfg.grad_accum:
@@ -384,7 +398,7 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, 
     flops_per_token = None
     window_start, window_steps = time.perf_counter(), 0
     try:
-        with sigterm_flag() as stop:
+        with stop_flag() as stop:
             for step in range(start, end):
                 batch = partitioner.shard_batch(stream.next())
                 if flops_per_token is None:
@@ -443,7 +457,7 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, 
                     break
                 if preempt:
                     manager.wait_until_finished()
-                    raise Preempted(done)
+                    raise stop.stopped(done)
     finally:
         stream.close()
         writer.close()

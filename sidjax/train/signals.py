@@ -1,4 +1,5 @@
-"""Preemption: SIGTERM sets a flag that the training loop checks at every step boundary."""
+"""Preemption and Ctrl-C: SIGTERM and SIGINT set a flag that the training loop checks at every step
+boundary, where it saves a checkpoint and stops (:class:`Preempted`, :class:`Interrupted`)."""
 
 from __future__ import annotations
 
@@ -10,32 +11,62 @@ import threading
 class Preempted(SystemExit):
     """Raised by the training loop after it saved a checkpoint on SIGTERM (exit status 0)."""
 
-    def __init__(self, step: int):
-        super().__init__(0)
+    def __init__(self, step: int, code: int = 0):
+        super().__init__(code)
         self.step = step
 
     def __str__(self) -> str:
         return f"preempted (SIGTERM): checkpoint saved at step {self.step}; rerun to resume"
 
 
+class Interrupted(Preempted):
+    """Raised by the training loop after it saved a checkpoint on Ctrl-C (SIGINT; exit status 130,
+    the shell's code for a SIGINT death)."""
+
+    def __init__(self, step: int):
+        super().__init__(step, 130)
+
+    def __str__(self) -> str:
+        return f"interrupted at step {self.step}; checkpoint saved"
+
+
 class StopFlag:
-    """Set by SIGTERM (or by hand with :meth:`set`); read with :meth:`is_set`."""
+    """Set by SIGTERM or a first SIGINT (or by hand with :meth:`set`); read with :meth:`is_set`.
+
+    :attr:`signum` is the signal that set it (None when set by hand or not set).
+    """
 
     def __init__(self):
         self._event = threading.Event()
+        self.signum: int | None = None
 
-    def set(self, *_args) -> None:
+    def set(self, signum: int | None = None, _frame=None) -> None:
         """Requests a stop at the next step boundary (signal-handler compatible)."""
+        if self.signum is None and signum is not None:
+            self.signum = signum
         self._event.set()
+
+    def on_sigint(self, signum: int, frame) -> None:
+        """SIGINT handler: the first Ctrl-C requests a stop at the next step boundary (with a
+        checkpoint); a second one, while that is pending, aborts at once (KeyboardInterrupt)."""
+        if self._event.is_set() and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.set(signum, frame)
 
     def is_set(self) -> bool:
         """Whether a stop was requested."""
         return self._event.is_set()
 
+    def stopped(self, step: int) -> Preempted:
+        """The exception to raise after the checkpoint of ``step`` was saved on this request:
+        :class:`Interrupted` after Ctrl-C, else :class:`Preempted`."""
+        return Interrupted(step) if self.signum == signal.SIGINT else Preempted(step)
+
 
 @contextlib.contextmanager
-def sigterm_flag():
-    """A :class:`StopFlag` set by SIGTERM while the block runs; the old handler comes back after.
+def stop_flag():
+    """A :class:`StopFlag` set by SIGTERM or Ctrl-C (SIGINT) while the block runs; the previous
+    handlers come back after.
 
     Outside the main thread (where Python cannot install handlers) the flag is never set by a
     signal.
@@ -44,8 +75,18 @@ def sigterm_flag():
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
-    previous = signal.signal(signal.SIGTERM, flag.set)
+    previous_term = signal.signal(signal.SIGTERM, flag.set)
+    try:
+        previous_int = signal.signal(signal.SIGINT, flag.on_sigint)
+    except BaseException:
+        signal.signal(signal.SIGTERM, previous_term)
+        raise
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
+
+
+# the name of the context before Ctrl-C was handled too
+sigterm_flag = stop_flag
