@@ -344,3 +344,32 @@ def test_out_inside_the_dataset_is_refused_without_overwrite_too(tmp_path, capsy
     assert _cli(src, src / "prep") == 2
     assert "is inside the dataset being read" in capsys.readouterr().err
     assert _tree(tmp_path) == before
+
+
+def test_cli_table_encoding_is_strict_and_chosen_by_the_user(tmp_path, capsys):
+    rows = "".join(f"u{u},i{(u + k) % 5},{k}\n" for u in range(4) for k in range(4))
+    src = _write(tmp_path / "src", {
+        "log.csv": "uid,iid,ts\n" + rows,
+        "items.csv": "iid,name\ni0,Café\ni1,Thé\n".encode("latin-1"),
+    })  # fmt: skip
+    args = ["--user-col", "uid", "--item-col", "iid", "--time-col", "ts",
+            "--items", str(src / "items.csv"), "--text-cols", "name"]
+    with pytest.raises(ValueError, match=r"items\.csv:2: expected utf-8 text, got byte 0xe9 at "
+                                         r"byte offset 15 .*pass --encoding latin-1"):
+        _cli(src / "log.csv", tmp_path / "p", *args)
+    _nothing_left(tmp_path, tmp_path / "p")
+    assert _cli(src / "log.csv", tmp_path / "p", *args, "--encoding", "latin-1") == 0
+    data = load_prepared(tmp_path / "p")
+    assert data.item_text[:2] == ["Café.", "Thé."]
+    assert data.provenance["encoding"] == {"log.csv": "latin-1", "items.csv": "latin-1"}
+
+
+def test_cli_refuses_encoding_for_other_sources_and_colliding_columns(tmp_path):
+    src = _p5(tmp_path / "src", P5_LINES)
+    with pytest.raises(ValueError, match=r"--encoding applies to table sources only, not 'p5'"):
+        _cli(src, tmp_path / "p", "--encoding", "latin-1")
+    log = _write(tmp_path / "t", {"log.csv": "uid,ts\nu1,1\n"}) / "log.csv"
+    with pytest.raises(ValueError, match=r"log\.csv: user_col \(--user-col\) and item_col "
+                                         r"\(--item-col\) both name column 'uid'"):
+        _cli(log, tmp_path / "p", "--user-col", "uid", "--item-col", "uid", "--time-col", "ts")
+    _nothing_left(tmp_path, tmp_path / "p")

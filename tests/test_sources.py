@@ -335,3 +335,151 @@ def test_join_text_skips_empty_and_cleans():
     ]
     assert join_text(parts) == "Title. Categories: a > b. Body text."
     assert join_text([("", "")]) == ""
+
+
+# ---- generic tables never guess: encoding, duplicate headers, column roles, quotes ----
+
+_COLS = {"user_col": "user", "item_col": "item", "time_col": "time"}
+
+
+@pytest.mark.parametrize("eol, offset", [(b"\n", 32), (b"\r\n", 34)])
+def test_read_table_is_strict_utf8_and_names_the_bad_byte(tmp_path, eol, offset):
+    lines = [b"user,item,time", "u1,café,1".encode(), b"u2,caf\xe9,2", b"u3,tea,3", b""]
+    _write(tmp_path, {"inter.csv": eol.join(lines)})
+    with pytest.raises(ValueError) as err:
+        load_dataset(tmp_path / "inter.csv", **_COLS)
+    message = str(err.value)
+    assert "\n" not in message
+    assert re.match(r".*inter\.csv:3: expected utf-8 text, got byte 0xe9 at byte offset "
+                    rf"{offset} \(.*\); pass --encoding latin-1 .*if the file is Latin-1$", message)
+    data = load_dataset(tmp_path / "inter.csv", **_COLS, encoding="latin-1")  # the user's choice
+    assert data.item_ids == ["cafÃ©", "café", "tea"]
+    assert data.provenance["encoding"] == {"inter.csv": "latin-1"}
+
+
+def test_read_table_utf8_text_and_items_file_encoding(tmp_path):
+    _write(tmp_path, {
+        "inter.csv": "user,item,time\nu1,a,1\nu1,b,2\n",
+        "items.csv": "item,title\na,Café\nb,Crème brûlée\n",
+        "items_latin1.csv": "item,title\na,Café\nb,Thé\n".encode("latin-1"),
+    })  # fmt: skip
+    data = read_table(tmp_path / "inter.csv", **_COLS, items_path=tmp_path / "items.csv",
+                      text_cols=("title",))  # fmt: skip
+    assert data.item_fields == {"title": ["Café", "Crème brûlée"]}
+    assert data.provenance["encoding"] == {"inter.csv": "utf-8", "items.csv": "utf-8"}
+    with pytest.raises(ValueError, match=r"items_latin1\.csv:2: expected utf-8 text, got byte 0xe9"):
+        read_table(tmp_path / "inter.csv", **_COLS, items_path=tmp_path / "items_latin1.csv",
+                   text_cols=("title",))  # fmt: skip
+    with pytest.raises(ValueError, match=r"unknown encoding 'utf-9'"):
+        read_table(tmp_path / "inter.csv", **_COLS, encoding="utf-9")
+
+
+def test_read_table_truncated_utf8_at_end_of_file(tmp_path):
+    _write(tmp_path, {"inter.csv": b"user,item,time\nu1,a,1\nu2,\xe2\x82"})
+    with pytest.raises(ValueError, match=r"inter\.csv:3: expected utf-8 text, got byte 0xe2 at "
+                                         r"byte offset 25"):
+        read_table(tmp_path / "inter.csv", **_COLS)
+
+
+def test_read_table_movielens_reader_keeps_its_latin1_fallback(tmp_path):
+    _write(tmp_path, {"u.data": "1\t1\t5\t10\n", "u.item": ("1|Café (1995)|01-Jan-1995||url|"
+                      + "|".join("0" * 19) + "\n").encode("latin-1")})  # fmt: skip
+    data = read_movielens(tmp_path)
+    assert data.item_fields["title"] == ["Café (1995)"]
+    assert data.provenance["encoding"]["u.item"] == "latin-1"
+
+
+@pytest.mark.parametrize(
+    "header, match",
+    [
+        ("user,item,item,time", r"inter\.csv:1: expected unique column names, got 'item' in "
+                                r"columns 2, 3 \(of 4\)"),
+        ("time,user,item,x,user", r"inter\.csv:1: expected unique column names, got 'user' in "
+                                  r"columns 2, 5 \(of 5\)"),
+    ],
+)  # fmt: skip
+def test_read_table_refuses_duplicate_header_names(tmp_path, header, match):
+    _write(tmp_path, {"inter.csv": f"{header}\n1,2,3,4" + (",5" if header.count(",") == 4 else "")
+                      + "\n"})  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        read_table(tmp_path / "inter.csv", **_COLS)
+
+
+def test_read_table_allows_duplicate_names_it_does_not_read(tmp_path):
+    _write(tmp_path, {"inter.csv": "user,item,time,,\nu1,a,1,,\nu1,b,2,,\n"})
+    assert _seqs(read_table(tmp_path / "inter.csv", **_COLS)) == {"u1": ["a", "b"]}
+
+
+def test_read_table_refuses_duplicate_parquet_columns(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pa.Table.from_arrays([pa.array(["u"]), pa.array(["a"]), pa.array(["b"]),
+                                  pa.array([1])], names=["user", "item", "item", "time"])
+    pq.write_table(table, tmp_path / "inter.parquet")
+    with pytest.raises(ValueError, match=r"inter\.parquet: expected unique column names, got "
+                                         r"'item' in columns 2, 3"):
+        read_table(tmp_path / "inter.parquet", **_COLS)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"user_col": "uid", "item_col": "uid", "time_col": "ts"},
+         r"inter\.csv: user_col \(--user-col\) and item_col \(--item-col\) both name column 'uid'"),
+        ({"user_col": "uid", "item_col": "iid", "time_col": "iid"},
+         r"inter\.csv: item_col \(--item-col\) and time_col \(--time-col\) both name column 'iid'"),
+        ({"user_col": "ts", "item_col": "iid", "time_col": "ts"},
+         r"user_col \(--user-col\) and time_col \(--time-col\) both name column 'ts'"),
+        ({"user_col": "uid", "item_col": "iid", "time_col": "ts", "text_cols": ("iid",)},
+         r"items\.csv: item_col \(--item-col\) and text_cols\[0\] \(--text-cols\) both name "
+         r"column 'iid'"),
+        ({"user_col": "uid", "item_col": "iid", "time_col": "ts", "item_id_col": "name",
+          "text_cols": ("name",)},
+         r"item_id_col \(--item-id-col\) and text_cols\[0\] \(--text-cols\) both name column"),
+        ({"user_col": "uid", "item_col": "iid", "time_col": "ts", "text_cols": ("name", "name")},
+         r"text_cols\[0\] \(--text-cols\) and text_cols\[1\] \(--text-cols\) both name column"),
+    ],
+)  # fmt: skip
+def test_read_table_refuses_one_column_for_two_roles(tmp_path, kw, match):
+    _write(tmp_path, {"inter.csv": "uid,iid,ts\nu1,a,1\nu1,b,2\n", "items.csv": "iid,name\na,A\n"})
+    if "text_cols" in kw:
+        kw = {**kw, "items_path": tmp_path / "items.csv"}
+    with pytest.raises(ValueError, match=match) as err:
+        read_table(tmp_path / "inter.csv", **kw)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "body, match",
+    [   # never closed: the rest of the file would be one field
+        ('u1,a,1\nu1,"b,2\nu1,c,3\nu1,d,4\n',
+         r"inter\.csv:3: expected a ','-separated row, got a quoted field that is never closed "
+         r"\(the file ends at line 5\); check this row for an unbalanced '\"'"),
+        # closed by a later quote: a well-formed-looking row that swallows a line
+        ('u1,a,1\nu1,"b,2\nu1,"c",3\nu1,d,4\n',
+         r"inter\.csv:3: expected a ','-separated row, got .* at line 4; check this row for an "
+         r"unbalanced '\"'"),
+        # a quoted line break, then too many fields: reported where the row starts
+        ('u1,a,1\nu1,"b\nc",3,4\nu1,d,4\n',
+         r"inter\.csv:3: expected 3 ','-separated fields, got 4 \(the row runs on to line 4; "
+         r"check it for an unbalanced '\"'\)"),
+    ],
+)  # fmt: skip
+def test_read_table_reports_an_unbalanced_quote_where_its_row_starts(tmp_path, body, match):
+    _write(tmp_path, {"inter.csv": "user,item,time\n" + body})
+    with pytest.raises(ValueError, match=match):
+        read_table(tmp_path / "inter.csv", **_COLS)
+
+
+def test_read_table_keeps_quoted_line_breaks_and_their_line_numbers(tmp_path):
+    _write(tmp_path, {
+        "inter.csv": "user,item,time\nu1,a,1\nu1,b,2\n",
+        "items.csv": 'item,title\na,"two\nlines"\n\nb,x\nc,"say ""hi"""\nb,dup\n',
+    })  # fmt: skip
+    with pytest.raises(ValueError, match=r"items\.csv:7: expected unique item ids, got 'b'"):
+        read_table(tmp_path / "inter.csv", **_COLS, items_path=tmp_path / "items.csv",
+                   text_cols=("title",))  # fmt: skip
+    _write(tmp_path, {"items.csv": 'item,title\na,"two\nlines"\n\nb,x\nc,"say ""hi"""\n'})
+    data = read_table(tmp_path / "inter.csv", **_COLS, items_path=tmp_path / "items.csv",
+                      text_cols=("title",))  # fmt: skip
+    assert data.item_fields == {"title": ["two\nlines", "x"]}

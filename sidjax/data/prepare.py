@@ -470,6 +470,9 @@ def add_prepare_parser(subparsers: Any) -> argparse.ArgumentParser:
     g.add_argument("--items", default=None, help="item table file (CSV/TSV/Parquet)")
     g.add_argument("--item-id-col", default=None)
     g.add_argument("--text-cols", default="", help="comma-separated text columns of --items")
+    g.add_argument("--encoding", default=None,
+                   help="text encoding of the CSV/TSV files, decoded strictly (default utf-8; "
+                        "e.g. latin-1); a bad byte is an error naming the file and line")
     return p
 
 
@@ -485,11 +488,15 @@ def run_prepare(args: argparse.Namespace) -> int:
     if fmt == "auto":
         fmt = sources.detect_format(args.path)
     reader_args = {}
+    if args.encoding is not None and fmt != "table":
+        raise ValueError(f"--encoding applies to table sources only, not {fmt!r} (MovieLens and "
+                         "P5 files are read as UTF-8 or else Latin-1; LC-Rec JSON as UTF-8)")
     if fmt == "table":
         reader_args = dict(user_col=args.user_col, item_col=args.item_col,
                            time_col=args.time_col or None, items_path=args.items,
                            item_id_col=args.item_id_col,
-                           text_cols=[c for c in args.text_cols.split(",") if c])
+                           text_cols=[c for c in args.text_cols.split(",") if c],
+                           encoding=args.encoding or "utf-8")
     kcore = None
     if args.kcore:
         if len(args.kcore) > 2:
