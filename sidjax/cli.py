@@ -139,11 +139,19 @@ def _progress_factory(quiet: bool):
     from tqdm import tqdm
 
     def factory(description: str, total: int):
-        bar = tqdm(total=total, desc=description, unit="step" if "train" in description else "user",
-                   dynamic_ncols=True, mininterval=1.0)
+        training = "train" in description
+
+        def make(initial: int = 0):
+            return tqdm(total=total, initial=initial, desc=description,
+                        unit="step" if training else "user", dynamic_ncols=True, mininterval=1.0)
+
+        bar = None if training else make()
 
         def update(done: int, metrics) -> None:
-            if "train" in description:
+            nonlocal bar
+            if training:
+                if bar is None:  # the loop's first call is the step it starts from: a resumed
+                    bar = make(done)  # bar starts there and counts its speed from there
                 bar.update(done - bar.n)
                 if metrics:
                     bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
@@ -237,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start PrefixMem from a `sidjax pretrain-mem` checkpoint "
                         "(W/prefixmem_pretrained); same as --set train.prefixmem_init=PATH")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume although train.* settings that shape the updates (learning "
+                        "rate, batch size, seed, ...) differ from the run's config.json; the "
+                        "change is recorded in config_changes.jsonl (train.steps and logging, "
+                        "checkpoint, validation and data-feeding settings need no flag)")
     from sidjax.data.prepare import add_prepare_parser
 
     add_prepare_parser(sub)
@@ -347,8 +360,17 @@ def _run(args) -> int:
 
         bar = progress(f"train {cfg.name}", cfg.train.steps) \
             if progress and jax.process_index() == 0 else None
-        experiment.train_model(prep, Path(args.workdir), log=log, progress=bar)
-        print(f"trained {cfg.train.steps} steps; checkpoints in {args.workdir}/checkpoints")
+        summary: dict = {}
+        experiment.train_model(prep, Path(args.workdir), log=log, progress=bar,
+                               allow_config_change=args.allow_config_change, summary=summary)
+        start, end = summary["start"], summary["end"]
+        if end == start:
+            print(f"{args.workdir} already trained to step {end}; nothing to do")
+        else:
+            print(f"trained {end - start} steps" + (f" (steps {start + 1}-{end} of "
+                                                    f"{cfg.train.steps}, resumed from step "
+                                                    f"{start})" if start else "")
+                  + f"; checkpoints in {args.workdir}/checkpoints")
     elif args.command == "recommend":
         return _recommend(args, experiment, log)
     elif args.command == "eval":

@@ -230,13 +230,50 @@ def build_model(cfg: Config, vocab: SIDVocab, num_items: int | None = None, *,
     return SIDRecommender(cfg.model, vocab, rngs=rngs, mesh=mesh)
 
 
-def _check_workdir_config(cfg: Config, workdir: Path) -> None:
+def _check_workdir_config(cfg: Config, workdir: Path, log: Log | None = None,
+                          allow_change: bool = False) -> None:
+    """Saves ``cfg`` as ``workdir/config.json`` after checking it against the one there.
+
+    Another data/SID/model config is refused. Once a checkpoint exists, so is another value of a
+    ``train.*`` setting that shapes the updates (:func:`sidjax.train.loop.train_config_changes`;
+    logging, checkpointing, validation, data-feeding and mesh settings may change), unless
+    ``allow_change`` (``--allow-config-change``); ``train.steps`` may change without it (extending
+    a run) as long as it is not below the trained step. An accepted change is logged and
+    appended to ``workdir/config_changes.jsonl`` (``{"step", "time", "changes": {key: {"old",
+    "new"}}}``, ``step`` the newest checkpoint when it was accepted), so that file and
+    ``config.json`` together say how every part of the run was trained."""
+    from sidjax.train.loop import latest_saved_step, train_config_changes
+
     path = workdir / "config.json"
     if path.exists():
         saved = config_lib.read_config(path)
         if dataclasses.replace(saved, train=cfg.train, eval=cfg.eval, name=cfg.name) != cfg:
             raise ValueError(f"{path} holds a different data/SID/model config than the one given; "
                              "resume with the same config or use a new --workdir")
+        trained = latest_saved_step(workdir)
+        changes = train_config_changes(saved.train, cfg.train) if trained else {}
+        refused = {k: v for k, v in changes.items() if k != "train.steps" or v[1] < trained}
+
+        def listed(diff: dict) -> str:
+            return "; ".join(f"{k}: {json.dumps(old)} in config.json, {json.dumps(new)} given"
+                             for k, (old, new) in diff.items())
+
+        if refused and not allow_change:
+            raise ValueError(
+                f"{workdir} was trained to step {trained} with other train.* settings: "
+                f"{listed(refused)}; resume with the values of config.json, pass "
+                "--allow-config-change to go on with the new ones (recorded in "
+                "config_changes.jsonl), or use a new --workdir")
+        if changes:
+            if jax.process_index() == 0:
+                row = {"step": trained, "time": datetime.now(UTC).isoformat(timespec="seconds"),
+                       "changes": {k: {"old": old, "new": new}
+                                   for k, (old, new) in changes.items()}}
+                with (workdir / "config_changes.jsonl").open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+            if log is not None:
+                log(f"{workdir}: changed after step {trained}: {listed(changes)} (recorded in "
+                    f"{workdir / 'config_changes.jsonl'})")
     config_lib.save_config(cfg, path)
 
 
@@ -337,14 +374,19 @@ def make_validation(prep: Prepared, graphdef) -> Callable[[object, int], dict]:
     return evaluate_sids
 
 
-def train_model(prep: Prepared, workdir: Path, log: Log = print, progress=None) -> nnx.Module:
+def train_model(prep: Prepared, workdir: Path, log: Log = print, progress=None, *,
+                allow_config_change: bool = False, summary: dict | None = None) -> nnx.Module:
     """Trains (or resumes) the model of ``prep.cfg`` in ``workdir``, validating every
     ``train.eval_every`` steps; returns the model that ``eval.checkpoint`` selects (the best
-    validated checkpoint when there is one and ``eval.checkpoint="best"``, else the last step)."""
+    validated checkpoint when there is one and ``eval.checkpoint="best"``, else the last step).
+
+    A resume refuses changed ``train.*`` settings unless ``allow_config_change``, which records
+    them (:func:`_check_workdir_config`). ``summary``: see :func:`sidjax.train.loop.train` (the
+    steps training started from and reached)."""
     workdir = Path(workdir)
     check_beam(prep.cfg)
     workdir.mkdir(parents=True, exist_ok=True)
-    _check_workdir_config(prep.cfg, workdir)
+    _check_workdir_config(prep.cfg, workdir, log, allow_config_change)
     cfg = prep.cfg
     model = build_model(cfg, prep.vocab, prep.data.num_items, mesh=make_partitioner(
         cfg.train.mesh_data, cfg.train.mesh_fsdp, cfg.train.mesh_model).mesh)
@@ -367,7 +409,7 @@ def train_model(prep: Prepared, workdir: Path, log: Log = print, progress=None) 
     evaluate = make_validation(prep, nnx.split(model)[0]) if cfg.train.eval_every > 0 else None
     trained = train(model, dataset, prep.vocab, cfg.train, workdir,
                     config_hash=run_hash(cfg, prep.sids, init), progress=progress, log=log,
-                    loss_fn=loss_fn, evaluate=evaluate)
+                    loss_fn=loss_fn, evaluate=evaluate, summary=summary)
     if evaluate is None or cfg.eval.checkpoint != "best":
         return trained
     return load_model(prep, workdir, log=log)

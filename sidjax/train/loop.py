@@ -4,6 +4,7 @@ stopping and throughput metrics."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -332,11 +333,51 @@ def _validation_line(done: int, valid: dict, tracker: BestTracker) -> str:
             f"{tracker.best_step})")
 
 
+# train.* settings a resumed run may change freely: they decide how a run is logged,
+# checkpointed, validated, fed with batches or laid out on devices, not the updates it makes.
+# train.steps may change too (extending a run is legitimate), as long as it is not below the step
+# already trained; like the others that shape the updates, that change is recorded.
+# prefixmem_init and freeze_decoder_steps are not compared here: they are part of the
+# checkpoint's identity (sidjax.experiment.run_hash), so a checkpoint refuses other values anyway.
+RESUME_FREE_TRAIN_KEYS = frozenset({
+    "log_every", "checkpoint_every", "max_checkpoints", "eval_every", "eval_users", "eval_recall",
+    "best_metric", "best_mode", "patience", "tensorboard", "data_threads", "data_prefetch",
+    "mesh_data", "mesh_fsdp", "mesh_model", "peak_flops"})
+_RUN_HASH_TRAIN_KEYS = frozenset({"prefixmem_init", "freeze_decoder_steps"})
+
+
+def train_config_changes(saved: TrainConfig, given: TrainConfig) -> dict[str, tuple]:
+    """``{"train.<key>": (saved value, given value)}`` of the settings that shape a run's updates
+    (all but :data:`RESUME_FREE_TRAIN_KEYS` and the run-hash ones; ``steps`` included) where
+    ``given`` differs from ``saved``."""
+    changes = {}
+    for field in dataclasses.fields(TrainConfig):
+        key = field.name
+        if key in RESUME_FREE_TRAIN_KEYS or key in _RUN_HASH_TRAIN_KEYS:
+            continue
+        old, new = getattr(saved, key), getattr(given, key)
+        if old != new:
+            changes[f"train.{key}"] = (old, new)
+    return changes
+
+
+def latest_saved_step(workdir: Path) -> int:
+    """The newest checkpoint step under ``workdir/checkpoints`` (0 when there is none), from the
+    names of the committed step folders (a damaged newest one counts too; its resume falls back
+    to an older step and says so)."""
+    directory = Path(workdir) / "checkpoints"
+    if not directory.is_dir():
+        return 0
+    return max((int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()),
+               default=0)
+
+
 def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, workdir: Path, *,
           config_hash: str = "", progress: Callable | None = None,
           log: Callable[[str], None] | None = None, partitioner=None,
           loss_fn: Callable | None = None,
-          evaluate: Callable[[object, int], dict] | None = None) -> nnx.Module:
+          evaluate: Callable[[object, int], dict] | None = None,
+          summary: dict | None = None) -> nnx.Module:
     """Trains ``model`` for ``cfg.steps`` steps on the batches ``dataset[step]``; resumes if
     possible.
 
@@ -349,6 +390,17 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, 
     when ``cfg.peak_flops`` is set) go to ``workdir/metrics.jsonl`` and TensorBoard event files
     (process 0 only); ``log`` gets the state report before step 1, validation results and
     checkpoint messages, and, when there is no ``progress`` sink, a line per logged step.
+    ``progress(done, metrics)`` is called once with the step training starts from (0 for a fresh
+    run, the restored step on a resume; ``metrics`` None) before the first step, then after every
+    step (``metrics`` on logged steps, else None).
+
+    Resuming: a run with a checkpoint logs ``resuming <workdir> from step N (of M)``, or
+    ``<workdir> already trained to step N; nothing to do`` when ``N >= cfg.steps``. Rows of
+    ``metrics.jsonl`` after the restored step (logged by a session that stopped before its next
+    checkpoint) are dropped first, so the rerun's rows replace them and no step appears twice
+    (:class:`~sidjax.train.observe.MetricsWriter`); throughput is measured from the resumed step.
+    ``summary``, when given, is filled with ``start`` (the step training started from) and
+    ``end`` (the step it reached; ``end == start``: nothing was trained) once training returns.
 
     Validation: with ``cfg.eval_every > 0``, ``evaluate(params, step) -> {name: float}`` runs
     every ``eval_every`` steps and at the end (``params`` on one device, valid only during the
@@ -387,18 +439,30 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, 
                               state_shardings=shardings, grad_accum=cfg.grad_accum,
                               compute_dtype=cfg.compute_dtype, loss_fn=loss_fn)
     key = jax.random.key(cfg.seed, impl="unsafe_rbg")  # cheap dropout bits on CPU
-    writer = MetricsWriter(workdir, tensorboard=cfg.tensorboard)
-    stream = BatchStream(dataset, start, data_state, num_threads=cfg.data_threads,
-                         prefetch=cfg.data_prefetch, log=log)
+    writer = MetricsWriter(workdir, tensorboard=cfg.tensorboard, resume_step=start)
     end = cfg.steps
     if validate is not None and tracker.should_stop():
         say(f"early stopping already happened at step {start} ({cfg.patience} validations "
             f"without improving {tracker.metric} since step {tracker.best_step}); nothing to do")
         end = start
+    elif start >= cfg.steps:
+        if main_process:
+            say(f"{workdir} already trained to step {start}; nothing to do")
+        end = start
+    elif start > 0 and main_process:
+        say(f"resuming {workdir} from step {start} (of {cfg.steps})")
+    if writer.dropped:
+        say(f"{writer.path}: dropped {writer.dropped} row(s) after step {start}, logged before "
+            "the run stopped and not checkpointed; those steps are trained and logged again")
+    stream = BatchStream(dataset, start, data_state, num_threads=cfg.data_threads,
+                         prefetch=cfg.data_prefetch, log=log)
     flops_per_token = None
     window_start, window_steps = time.perf_counter(), 0
     try:
         with stop_flag() as stop:
+            if progress is not None:  # the bar starts at the resumed step, not 0 (no false speed)
+                progress(start, None)
+            done = start
             for step in range(start, end):
                 batch = partitioner.shard_batch(stream.next())
                 if flops_per_token is None:
@@ -458,6 +522,8 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, 
                 if preempt:
                     manager.wait_until_finished()
                     raise stop.stopped(done)
+        if summary is not None:
+            summary.update(start=start, end=done)
     finally:
         stream.close()
         writer.close()

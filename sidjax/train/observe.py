@@ -8,6 +8,7 @@ without it only ``metrics.jsonl`` is written.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -38,25 +39,69 @@ def console_log(stream=None, write: Callable[[str], None] | None = None) -> Call
     return log
 
 
-def _tensorboard_writer(logdir: Path):
+def _tensorboard_writer(logdir: Path, purge_step: int | None = None):
     try:
         from tensorboardX import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(logdir=str(logdir))
+    return SummaryWriter(logdir=str(logdir), purge_step=purge_step)
+
+
+def drop_rows_after(path: Path, step: int) -> int:
+    """Removes the rows of the ``metrics.jsonl`` file ``path`` whose ``step`` is above ``step``
+    (logged by a run that stopped before checkpointing them, so a resume from ``step`` logs them
+    again), and a last line torn by a crash mid-write. Every other line is kept as it was. The
+    file is rewritten atomically (a temporary file, then a rename) and only when something is
+    dropped; returns the number of lines dropped (0 also when there is no file)."""
+    path = Path(path)
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    keep, dropped = [], 0
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if number == len(lines) and not line.endswith("\n"):  # torn by a crash mid-write
+                dropped += 1
+                continue
+            row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] > step:
+            dropped += 1
+            continue
+        keep.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        tmp = path.with_name(f"{path.name}.tmp")
+        tmp.write_text("".join(keep))
+        os.replace(tmp, path)
+    return dropped
 
 
 class MetricsWriter:
     """Appends metric rows to ``workdir/metrics.jsonl`` and, when ``tensorboard`` is on and
     tensorboardX is installed, writes them as scalars to event files in ``workdir``.
 
+    ``resume_step``: the step a run starts from (its restored checkpoint; 0 for a fresh run).
+    Rows of later steps already in the file, logged by an earlier session that stopped before
+    checkpointing them, are dropped first (:func:`drop_rows_after`; ``dropped`` says how many),
+    so the file never holds a step twice, and TensorBoard is told to hide that session's events
+    after ``resume_step`` (tensorboardX ``purge_step``).
+
     Only process 0 writes (``enabled`` defaults to that); other processes' writers do nothing.
     """
 
-    def __init__(self, workdir: Path, *, tensorboard: bool = True, enabled: bool | None = None):
+    def __init__(self, workdir: Path, *, tensorboard: bool = True, enabled: bool | None = None,
+                 resume_step: int | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = Path(workdir) / "metrics.jsonl"
-        self.tb = _tensorboard_writer(Path(workdir)) if (self.enabled and tensorboard) else None
+        self.dropped = 0
+        purge_step = None
+        if self.enabled and resume_step is not None:
+            self.dropped = drop_rows_after(self.path, resume_step)
+            if resume_step > 0 or self.dropped:
+                purge_step = resume_step + 1
+        self.tb = _tensorboard_writer(Path(workdir), purge_step) \
+            if (self.enabled and tensorboard) else None
 
     def write(self, row: dict) -> None:
         """Writes one row (it must hold ``step``); non-numeric values go to the JSON line only."""
