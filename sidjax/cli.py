@@ -133,27 +133,84 @@ def report_error(err: BaseException, command: str) -> int:
     return 2
 
 
-def _progress_factory(quiet: bool):
+PROGRESS_EVERY_S = 30.0  # plain progress lines (no terminal): at least this often ...
+PROGRESS_PARTS = 10  # ... and at every tenth of the total
+
+
+def _line_progress(description: str, total: int, unit: str, absolute: bool, stream=None,
+                   clock=None):
+    """An ``update(n, metrics=None)`` sink that logs plain lines (for logs and pipes, no
+    terminal): ``eval: 12,000 / 35,598 users (34%), 41 s`` at every tenth of ``total``, at least
+    every :data:`PROGRESS_EVERY_S` seconds and once at the end. ``n`` is the count done so far when
+    ``absolute``, else the count done since the last call."""
+    import time
+
+    from sidjax.train.observe import console_log
+
+    clock = clock or time.monotonic
+    log = console_log(stream=stream)
+    start = last = clock()
+    state = {"done": 0, "part": 1, "finished": False, "loss": None}  # next tenth to report
+
+    def update(n: int, metrics=None) -> None:
+        nonlocal last
+        state["done"] = int(n) if absolute else state["done"] + int(n)
+        if metrics and "loss" in metrics:
+            state["loss"] = float(metrics["loss"])
+        done, now = state["done"], clock()
+        finished = done >= total
+        reached = done * PROGRESS_PARTS >= state["part"] * total  # integers: no rounding misses
+        if state["finished"] or not (finished or reached or now - last >= PROGRESS_EVERY_S):
+            return
+        while done * PROGRESS_PARTS >= state["part"] * total and state["part"] <= PROGRESS_PARTS:
+            state["part"] += 1
+        state["finished"], last = finished, now
+        fraction = done / total if total else 1.0
+        loss = "" if state["loss"] is None else f", loss {state['loss']:.4f}"
+        log(f"{description}: {done:,} / {total:,} {unit}s ({100 * fraction:.0f}%), "
+            f"{now - start:.0f} s{loss}")
+
+    return update
+
+
+def _progress_factory(quiet: bool, interactive: bool = True, stream=None):
+    """The one progress factory of every long command: ``factory(description, total, *,
+    unit=None, absolute=None)`` returns an ``update(n, metrics=None)`` sink, or the factory is
+    None with ``quiet``.
+
+    In a terminal (``interactive``) the sink drives a tqdm bar with ETA; otherwise it logs plain
+    lines to ``stream`` (default stderr) at every tenth and at least every 30 s
+    (:func:`_line_progress`). ``absolute``: ``n`` is the count done so far (training steps; the
+    default for descriptions starting with ``train``), else the count done since the last call
+    (users evaluated). Training without a terminal gets no sink (None): the training loop then
+    logs a line per logged step itself, with its metrics.
+    """
     if quiet:
         return None
-    from tqdm import tqdm
 
-    def factory(description: str, total: int):
-        training = "train" in description
+    def factory(description: str, total: int, *, unit: str | None = None,
+                absolute: bool | None = None):
+        training = description.startswith("train")
+        absolute = training if absolute is None else absolute
+        unit = unit or ("step" if training else "user")
+        if not interactive:
+            return None if training else _line_progress(description, total, unit, absolute,
+                                                        stream)
+        from tqdm import tqdm
 
         def make(initial: int = 0):
-            return tqdm(total=total, initial=initial, desc=description,
-                        unit="step" if training else "user", dynamic_ncols=True, mininterval=1.0)
+            return tqdm(total=total, initial=initial, desc=description, unit=unit,
+                        dynamic_ncols=True, mininterval=1.0)
 
-        bar = None if training else make()
+        bar = None if absolute else make()
 
-        def update(done: int, metrics) -> None:
+        def update(done: int, metrics=None) -> None:
             nonlocal bar
-            if training:
+            if absolute:
                 if bar is None:  # the loop's first call is the step it starts from: a resumed
                     bar = make(done)  # bar starts there and counts its speed from there
                 bar.update(done - bar.n)
-                if metrics:
+                if metrics and "loss" in metrics:
                     bar.set_postfix(loss=f"{float(metrics['loss']):.3f}")
                 if done >= total:
                     bar.close()
@@ -259,15 +316,37 @@ def build_parser() -> argparse.ArgumentParser:
     from sidjax.sid.commands import add_sids_parser
 
     add_sids_parser(sub)
-    p = sub.add_parser("recommend", help="recommend items for histories with a trained model")
+    p = sub.add_parser(
+        "recommend", help="recommend items for histories with a trained model",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Top-k items for each history, with scores and titles, printed as a table (the "
+                    "history's items and titles, then rank, item, score, title).",
+        epilog="score: for a SID model, the log-probability of the item's whole SID, the sum over\n"
+               "SID levels of the log-softmax (over that level's codes) of its code given the\n"
+               "history and its earlier codes, as ranked by the trie-constrained beam search; for\n"
+               "SASRec (model.kind=sasrec), the log-softmax of the item's logit over all items.\n"
+               "Both are <= 0, higher is better. --users shows progress (a bar in a terminal,\n"
+               "else a line at every tenth); --quiet hides it.")
     p.add_argument("--workdir", required=True)
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--history", help="comma-separated item ids, oldest first")
     group.add_argument("--users", help="a text file with one history per line (ids separated by "
                                         "commas or spaces)")
     p.add_argument("--k", type=at_least(1), default=10, help="items per history (default 10)")
-    p.add_argument("--out", help="write JSON lines here (atomically) instead of stdout")
-    p.add_argument("--quiet", action="store_true")
+    seen = p.add_mutually_exclusive_group()
+    seen.add_argument("--exclude-history", dest="exclude_history", action="store_true",
+                      default=True,
+                      help="never recommend an item of the history (the default): the beam is "
+                           "widened so that k items remain; fewer only when the catalog has "
+                           "fewer than k items outside the history")
+    seen.add_argument("--include-history", dest="exclude_history", action="store_false",
+                      help="allow items of the history (as `sidjax eval` ranks: the standard "
+                           "protocol never excludes)")
+    p.add_argument("--out", help="write JSON lines here (atomically) instead of the table")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON lines instead of the table (keys: history, history_titles, "
+                        "items, scores, titles, score_kind, exclude_history)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p = sub.add_parser("eval", help="evaluate the best (or latest) checkpoint in --workdir")
     p.add_argument("--workdir", required=True)
     p.add_argument("--split", choices=("valid", "test"), default="test")
@@ -278,7 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="beam width of the trie-constrained search (default: eval.beam_size of "
                         "the run); results other than the run's own test setting go to "
                         "eval_<split>_beam<N>.json, not eval.json")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress (a bar in a terminal, else a line at every tenth of the "
+                        "users or 30 s) and no log lines")
     return parser
 
 
@@ -291,22 +372,34 @@ def _read_histories(args) -> list[list[str]]:
     return [line.replace(",", " ").split() for line in path.read_text().splitlines()]
 
 
-def _recommend(args, experiment, log) -> int:
-    from sidjax.decode.recommend import recommend_for_histories
+def _recommend(args, experiment, log, progress=None) -> int:
+    from sidjax.decode.recommend import format_recommendations, recommend_for_histories
 
     workdir = Path(args.workdir)
     cfg = config_lib.read_config(workdir / "config.json")
     prep = experiment.prepare(cfg, workdir, log)
     model = experiment.load_model(prep, workdir)
-    recs = recommend_for_histories(model, prep, _read_histories(args), args.k)
+    histories = _read_histories(args)
+    bar = progress("recommend", len(histories)) \
+        if progress and args.users is not None else None
+    recs = recommend_for_histories(model, prep, histories, args.k,
+                                   exclude_history=args.exclude_history,
+                                   progress=(lambda n: bar(n, None)) if bar else None)
+    short = [n for n, r in enumerate(recs, 1) if len(r["items"]) < args.k]
+    if short:
+        log(f"{len(short)} histor{'y' if len(short) == 1 else 'ies'} (e.g. number {short[0]}) got "
+            f"fewer than --k {args.k} items: the catalog of {len(prep.data.item_ids)} items has "
+            "no more outside the history")
     lines = "".join(json.dumps(r) + "\n" for r in recs)
     if args.out:
         tmp = Path(f"{args.out}.tmp")
         tmp.write_text(lines)
         tmp.replace(args.out)
         print(f"wrote {len(recs)} recommendation lists to {args.out}")
-    else:
+    elif args.json:
         print(lines, end="")
+    else:
+        print(format_recommendations(recs))
     return 0
 
 
@@ -336,7 +429,7 @@ def _run(args) -> int:
     interactive = sys.stderr.isatty()  # progress bars with ETA; plain log lines otherwise
     log = (lambda _msg: None) if args.quiet else console_log(
         write=_tqdm_write if interactive else None)
-    progress = _progress_factory(args.quiet or not interactive)
+    progress = _progress_factory(args.quiet, interactive)
     if args.command in ("demo", "compare"):
         cfg = _config(args)
         models = _compare_models(args)
@@ -372,7 +465,7 @@ def _run(args) -> int:
                                                     f"{start})" if start else "")
                   + f"; checkpoints in {args.workdir}/checkpoints")
     elif args.command == "recommend":
-        return _recommend(args, experiment, log)
+        return _recommend(args, experiment, log, progress)
     elif args.command == "eval":
         workdir = Path(args.workdir)
         cfg = config_lib.read_config(workdir / "config.json")
@@ -385,7 +478,9 @@ def _run(args) -> int:
         experiment.check_beam(cfg)
         prep = experiment.prepare(cfg, workdir, log)
         model = experiment.load_model(prep, workdir, which=args.checkpoint, log=log)
-        result = experiment.evaluate(model, prep, args.split)
+        bar = progress("eval", len(prep.split.eval_set(args.split))) if progress else None
+        result = experiment.evaluate(model, prep, args.split,
+                                     progress=(lambda n: bar(n, None)) if bar else None)
         experiment._write_json(out, result)
         log(f"wrote {out}")
         popularity = experiment.evaluate_popularity(prep, args.split)[0]

@@ -62,7 +62,8 @@ def write_build(result: SIDBuild, out_dir, item_titles=None) -> dict:
 
 def build_sids(vectors_path_or_array, item_ids, *, method: str = "rqkmeans", levels: int = 3,
                codes: int | tuple[int, ...] = 256, out_dir, seed: int = 0, reassign: bool = True,
-               split_prefixes: bool = True, item_titles=None, log=print, **options) -> dict:
+               split_prefixes: bool = True, item_titles=None, log=print, progress=None,
+               **options) -> dict:
     """Builds unique SIDs (:func:`sidjax.sid.build.build`) and writes the artifacts of the folder
     ``out_dir``; returns the stats.
 
@@ -76,6 +77,8 @@ def build_sids(vectors_path_or_array, item_ids, *, method: str = "rqkmeans", lev
       split_prefixes: before reassigning, cap length-(L-1) prefixes at ``K_L`` items (see
         :func:`sidjax.sid.reassign.split_full_prefixes`), so no extra level is needed.
       item_titles: optional N titles, saved for ``inspect``.
+      progress: rqvae: ``progress(steps_done, log_entry_or_None)`` after every training step
+        (:func:`sidjax.sid.rqvae.fit`).
       options: other fields of :class:`~sidjax.sid.rqkmeans.RQKMeansConfig` or
         :class:`~sidjax.sid.rqvae.RQVAEConfig` (``iters``, ``balanced``, ``steps``, ...).
     """
@@ -83,7 +86,10 @@ def build_sids(vectors_path_or_array, item_ids, *, method: str = "rqkmeans", lev
     vectors = _load_vectors(vectors_path_or_array, item_ids)
     if item_titles is not None and len(item_titles) != len(item_ids):
         raise ValueError(f"{len(item_titles)} titles for {len(item_ids)} items; pass one title per item")
-    result = build(vectors, item_ids, cfg, reassign=reassign, split_prefixes=split_prefixes)
+    from sidjax.sid.rqvae import reporting_progress
+
+    with reporting_progress(progress):
+        result = build(vectors, item_ids, cfg, reassign=reassign, split_prefixes=split_prefixes)
     stats = write_build(result, out_dir, item_titles)
     d = result.diagnostics
     log(f"built {method} SIDs for {result.table.num_items} items in {result.fit_seconds:.1f}s: levels "
@@ -207,6 +213,8 @@ def add_sids_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--beta", type=at_least(0.0, float), default=vae.beta, help="rqvae commitment weight")
     b.add_argument("--learning-rate", type=positive_float, default=vae.learning_rate,
                    help="rqvae Adam rate")
+    b.add_argument("--quiet", action="store_true", help="no rqvae training progress (a bar in a "
+                   "terminal, else a line at every tenth of the steps or 30 s)")
     i = sub.add_parser("inspect", help="print SID stats and example branches, plot code usage")
     i.add_argument("dir")
     i.add_argument("--examples", type=at_least(0), default=3,
@@ -257,8 +265,17 @@ def run_sids(args) -> int:
                if args.method == "rqkmeans" else
                {"steps": args.steps, "estimator": args.estimator, "beta": args.beta,
                 "learning_rate": args.learning_rate})
+    progress = None
+    if args.method == "rqvae":
+        import sys
+
+        from sidjax.cli import _progress_factory
+
+        factory = _progress_factory(getattr(args, "quiet", False), sys.stderr.isatty())
+        progress = factory("sids build rqvae", args.steps, unit="step", absolute=True) \
+            if factory else None
     build_sids(vectors, ids, method=args.method, levels=args.levels, codes=args.codes, out_dir=args.out,
                seed=args.seed, reassign=not args.no_reassign, split_prefixes=not args.no_split,
-               item_titles=titles, **options)
+               item_titles=titles, progress=progress, **options)
     print(inspect_sids(args.out, plot=False))
     return 0

@@ -16,6 +16,8 @@ the fit vectors are re-drawn from theirs. Deterministic for a seed on one platfo
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from collections.abc import Callable
 
@@ -185,8 +187,28 @@ def _init_codebooks(model: RQVAEModel, x: jax.Array, key: jax.Array) -> None:
         r = r - centroids[assign]
 
 
-def fit(vectors, cfg: RQVAEConfig, log: Callable[[dict], None] | None = None) -> RQVAE:
-    """Trains an RQ-VAE on ``vectors`` ``[N, D]``; ``log`` gets a dict every ``reset_every`` steps."""
+_PROGRESS: contextvars.ContextVar = contextvars.ContextVar("rqvae_progress", default=None)
+
+
+@contextlib.contextmanager
+def reporting_progress(progress: Callable[[int, dict | None], None] | None):
+    """Within the block, :func:`fit` calls without their own ``progress`` report to ``progress``
+    (so callers of :func:`sidjax.sid.build.build`, which does not pass one, still see it)."""
+    token = _PROGRESS.set(progress)
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def fit(vectors, cfg: RQVAEConfig, log: Callable[[dict], None] | None = None,
+        progress: Callable[[int, dict | None], None] | None = None) -> RQVAE:
+    """Trains an RQ-VAE on ``vectors`` ``[N, D]``; ``log`` gets a dict every ``reset_every`` steps.
+
+    ``progress(steps_done, entry_or_None)`` (default: the one of :func:`reporting_progress`) is
+    called after every step, with the ``log`` entry on the steps that make one.
+    """
+    progress = progress if progress is not None else _PROGRESS.get()
     x_all = check_vectors(vectors)
     ks = cfg.codes_per_level()
     n, dim = x_all.shape
@@ -231,6 +253,8 @@ def fit(vectors, cfg: RQVAEConfig, log: Callable[[dict], None] | None = None) ->
             history.append(entry)
             if log:
                 log(entry)
+        if progress is not None:
+            progress(i, history[-1] if history[-1]["step"] == i else None)
     return RQVAE(model, cfg, dim, history)
 
 
@@ -301,9 +325,9 @@ def encode(quantizer: RQVAE, vectors) -> np.ndarray:
     return _quantize_all(quantizer.model, x)[0]
 
 
-def fit_with_codes(vectors, cfg: RQVAEConfig) -> tuple[RQVAE, np.ndarray]:
-    """Trains and returns ``(quantizer, codes of the fit items)``."""
-    q = fit(vectors, cfg)
+def fit_with_codes(vectors, cfg: RQVAEConfig, progress=None) -> tuple[RQVAE, np.ndarray]:
+    """Trains (``progress`` as in :func:`fit`) and returns ``(quantizer, codes of the fit items)``."""
+    q = fit(vectors, cfg, progress=progress)
     return q, encode(q, vectors)
 
 
