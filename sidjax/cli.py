@@ -12,24 +12,7 @@ from pathlib import Path
 from sidjax import __version__
 from sidjax import config as config_lib
 
-DESCRIPTION = """Generative recommendation with Semantic IDs and PrefixMem.
-
-commands:
-  demo      build SIDs on the embedded synthetic catalog, train the plain SID baseline and the
-            PrefixMem model for the same steps, evaluate both against popularity, print a table
-            and write a run folder (report.md, results.json, config, SIDs, checkpoints)
-  compare   the same comparison for any config (--config PRESET|FILE)
-  train     train one model (PrefixMem on or off by model.prefixmem.enabled) in --workdir;
-            resumes from the latest checkpoint there
-  eval      evaluate the best validated (else the latest) checkpoint of --workdir; writes
-            eval.json and prints a table
-  prepare   read a dataset (MovieLens, Amazon P5, LC-Rec JSON, CSV/TSV table), split it and write
-            a prepared folder (item table, content vectors, ArrayRecord sequences) usable as
-            data.source
-  pretrain-mem  pre-train PrefixMem alone (next code, content alignment, co-engagement)
-  recommend top-k items (with scores and titles) for given histories, from a trained --workdir
-  sids      build Semantic IDs for a dataset (residual k-means or RQ-VAE) and inspect them
-"""
+DESCRIPTION = "Generative recommendation with Semantic IDs and PrefixMem."
 
 
 ERROR_STYLE = """errors:
@@ -274,10 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sidjax", description=DESCRIPTION, epilog=ERROR_STYLE,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"sidjax {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                title="commands")
+    helps = {"demo": "the synthetic catalog end to end: SIDs, the plain SID baseline and PrefixMem "
+                     "trained for the same steps, both against popularity; a table and a run "
+                     "folder (report.md, results.json, config, SIDs, checkpoints)",
+             "compare": "the same comparison for any config (--config PRESET|FILE), with seeds, "
+                        "model lists and matched compute"}
     for name, default_config, workdir in (("demo", "demo", "runs/demo"),
                                           ("compare", None, None)):
-        p = sub.add_parser(name, help=f"{name}: baseline vs PrefixMem vs popularity")
+        p = sub.add_parser(name, help=helps[name], description=helps[name])
         _add_config_args(p, default_config)
         p.add_argument("--workdir", default=workdir, required=workdir is None)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -295,7 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--match-compute", action="store_true",
                        help="train each model for the steps that give it the training FLOPs of "
                             "the costliest one at train.steps (SID models only)")
-    p = sub.add_parser("train", help="train one model in --workdir (resumes)")
+    p = sub.add_parser("train", help="train one model (PrefixMem on or off by "
+                       "model.prefixmem.enabled) in --workdir; resumes from its latest checkpoint")
     _add_config_args(p, None)
     p.add_argument("--workdir", required=True)
     p.add_argument("--prefixmem-init", metavar="PATH",

@@ -84,9 +84,14 @@ def test_comparison_report_sections():
     md = comparison_report(results, target_items=np.arange(60) % 30,
                            item_counts=np.arange(30)[::-1].astype(float),
                            history_lengths=np.arange(60) % 25, num_samples=200)
-    for heading in ("## Results", "### Paired test: prefixmem - baseline",
-                    "### Hard examples (40 users", "by target popularity", "by history length"):
+    for heading in ("### Results with intervals", "### Paired test: prefixmem - baseline",
+                    "### Hard examples, old definition (40 users", "by target popularity",
+                    "by history length"):
         assert heading in md
+    headings = [i for i, line in enumerate(md.splitlines()) if line.startswith("#")]
+    lines = md.splitlines()
+    assert all(any(x.strip() and not x.startswith("#") for x in lines[a + 1:b])
+               for a, b in zip(headings, headings[1:] + [len(lines)])), "a heading with no text"
     assert "| prefixmem vs baseline |" in md
     row = next(line for line in md.splitlines() if line.startswith("| popularity |"))
     assert "–" in row  # popularity has no greedy decode

@@ -167,7 +167,7 @@ def comparison_report(results_per_model: Mapping[str, PerUser], *, baseline: str
             base = None if b is None else float(np.mean(b))
             gain.append("–" if a is None or not base else f"{100 * (np.mean(a) / base - 1):+.1f}%")
         rows.append([f"{other} vs {baseline}"] + gain)
-    lines = ["## Results", "",
+    lines = ["### Results with intervals", "",
              f"{_num_users(results)} users; [lo, hi] = 95% bootstrap interval over users "
              f"({num_samples} resamples).", ""]
     lines += _table(["model"] + metrics, rows)
@@ -182,8 +182,8 @@ def comparison_report(results_per_model: Mapping[str, PerUser], *, baseline: str
         hard = hard_examples(results, baseline)
         count = int(next(iter(hard.values()))["count"])
         cols = ["greedy_acc"] + [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks]
-        lines += ["", f"### Hard examples ({count} users where {baseline}'s greedy full-SID decode "
-                  "is wrong)", ""]
+        lines += ["", f"### Hard examples, old definition ({count} users where {baseline}'s greedy "
+                  "full-SID decode is wrong; selected by that run's own errors)", ""]
         lines += _table(["model"] + cols, [[name] + [_fmt(row.get(c)) for c in cols]
                                            for name, row in hard.items()])
     slices = breakdowns(results, target_items=target_items, item_counts=item_counts,
