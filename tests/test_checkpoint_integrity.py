@@ -73,20 +73,27 @@ def test_flipped_byte_falls_back_to_the_previous_step(tmp_path):
     size = damaged.stat().st_size
     _flip_byte(damaged)
     assert damaged.stat().st_size == size
+    name = damaged.relative_to(ckpt / "20").as_posix()
+    # the evaluation path (restore_chosen / restore_params) checks the same way, moving nothing
     messages = []
+    step, params = checkpoint.restore_params(ckpt, _state(0)[0], "h", messages.append)
+    assert step == 10 and any(name in m and "checkpoints/20" in m for m in messages)
+    assert (ckpt / "20").is_dir()
+    messages.clear()
     step, params, opt_state = _restore(ckpt, messages.append)
     assert step == 10
     want_params = _state(10)[0]
     np.testing.assert_array_equal(np.asarray(params["w"]), want_params["w"])
     assert int(opt_state["count"][0]) == 10
-    name = damaged.relative_to(ckpt / "20").as_posix()
-    [line] = [m for m in messages if "damaged" in m]
+    [line] = [m for m in messages if "is damaged" in m]
     assert "checkpoints/20 is damaged and was skipped" in line
     assert f"{name}: sha256 differs" in line and "falling back to step 10" in line
-    # the evaluation path (restore_chosen / restore_params) checks the same way
-    messages.clear()
-    step, params = checkpoint.restore_params(ckpt, _state(0)[0], "h", messages.append)
-    assert step == 10 and any(name in m and "checkpoints/20" in m for m in messages)
+    # training resumes from 10: the damaged step is kept aside (not deleted) and can be saved again
+    [kept] = list((tmp_path / "damaged").iterdir())
+    assert kept.name.startswith("20-") and (kept / name).is_file() and not (ckpt / "20").exists()
+    assert any("moved damaged checkpoint" in m for m in messages)
+    _save(ckpt, [20])
+    assert _restore(ckpt, print)[0] == 20
 
 
 @pytest.mark.parametrize("damage", ["missing file", "broken manifest"])

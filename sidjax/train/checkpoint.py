@@ -29,11 +29,13 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 Log = Callable[[str], None]
@@ -255,10 +257,34 @@ def restore_training(mngr: ocp.CheckpointManager, params, opt_state, config_hash
                      log: Log | None = None) -> Restored | None:
     """The newest readable checkpoint with ``params``/``opt_state`` in ``items`` (shaped and
     sharded like the inputs), or None when there is none; raises ``ValueError`` when every
-    checkpoint is damaged."""
+    checkpoint is damaged.
+
+    Damaged steps newer than the restored one are moved (not deleted) to a ``damaged/`` folder
+    beside the checkpoints, so training can save those steps again."""
     steps = sorted(mngr.all_steps(), reverse=True)
-    return _restore_first_good(mngr, steps, {"params": params, "opt_state": opt_state},
-                               config_hash, log)
+    restored = _restore_first_good(mngr, steps, {"params": params, "opt_state": opt_state},
+                                   config_hash, log)
+    if restored is not None and restored.step != steps[0]:
+        _set_aside([s for s in steps if s > restored.step], mngr, log)
+    return restored
+
+
+def _set_aside(steps: list[int], mngr: ocp.CheckpointManager, log: Log | None) -> None:
+    """Moves the folders of ``steps`` to ``<checkpoints>/../damaged/<step>-<utc time>`` (process
+    0 only) and makes ``mngr`` forget them."""
+    directory = Path(mngr.directory)
+    if jax.process_index() == 0:
+        aside = directory.parent / "damaged"
+        aside.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        for step in steps:
+            target = aside / f"{step}-{stamp}"
+            os.replace(directory / str(step), target)
+            (log or print)(f"moved damaged checkpoint {directory}/{step} to {target} (kept for "
+                           "inspection; training will save that step again)")
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("sidjax_set_aside_damaged")
+    mngr.reload()
 
 
 def restore_latest(mngr: ocp.CheckpointManager, params, opt_state, config_hash: str,
