@@ -16,7 +16,7 @@ class Preempted(SystemExit):
         self.step = step
 
     def __str__(self) -> str:
-        return f"preempted (SIGTERM): checkpoint saved at step {self.step}; rerun to resume"
+        return f"preempted (SIGTERM): checkpoint saved at step {self.step}"
 
 
 class Interrupted(Preempted):
