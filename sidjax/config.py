@@ -408,8 +408,7 @@ def _problems(cfg: Config) -> list[str]:
     if t.grad_accum >= 1 and t.batch_size >= 1:
         need("train.grad_accum", t.batch_size % t.grad_accum == 0,
              f"must divide train.batch_size ({t.batch_size})")
-    if hasattr(t, "label_smoothing"):
-        need("train.label_smoothing", 0 <= t.label_smoothing < 1, "must be in [0, 1)")
+    need("train.label_smoothing", 0 <= t.label_smoothing < 1, "must be in [0, 1)")
     one_of("train.schedule", ("cosine", "rsqrt"))
     one_of("train.compute_dtype", ("float32", "bfloat16"))
     one_of("train.best_mode", ("min", "max"))
@@ -418,14 +417,20 @@ def _problems(cfg: Config) -> list[str]:
     at_least(1, "eval.beam_size", "eval.batch_size")
     one_of("eval.split", ("valid", "test"))
     one_of("eval.checkpoint", ("best", "latest"))
-    if e.top_k and min(e.top_k) >= 1 and e.beam_size >= 1 and m.kind == "sid":
-        from sidjax.experiment import check_beam  # the one beam-width rule
-
-        try:
-            check_beam(cfg)
-        except ValueError as err:
-            out.append(str(err))
+    if e.top_k and min(e.top_k) >= 1 and e.beam_size >= 1:
+        out += [beam_problem(cfg)] if beam_problem(cfg) else []
     return out
+
+
+def beam_problem(cfg: Config) -> str | None:
+    """Why the beam of a SID model cannot give ``eval.top_k``, or None: a beam of width w yields
+    w items, so Recall@K with K > w would silently be Recall@w."""
+    k = max(cfg.eval.top_k)
+    if cfg.model.kind == "sid" and cfg.eval.beam_size < k:
+        return (f"eval.beam_size={cfg.eval.beam_size} is below the largest eval.top_k ({k}): beam "
+                f"search returns beam_size items, so Recall@{k} would be "
+                f"Recall@{cfg.eval.beam_size}; set eval.beam_size >= {k}")
+    return None
 
 
 def validate(cfg: Config) -> Config:

@@ -278,13 +278,11 @@ def _check_workdir_config(cfg: Config, workdir: Path, log: Log | None = None,
 
 
 def check_beam(cfg: Config) -> None:
-    """Raises unless the beam of a SID model returns at least ``max(eval.top_k)`` items: a beam of
-    width w yields w items, so Recall@K with K > w would silently be Recall@w."""
-    k = max(cfg.eval.top_k)
-    if cfg.model.kind == "sid" and cfg.eval.beam_size < k:
-        raise ValueError(f"eval.beam_size={cfg.eval.beam_size} is below the largest eval.top_k "
-                         f"({k}): beam search returns beam_size items, so Recall@{k} would be "
-                         f"Recall@{cfg.eval.beam_size}; set eval.beam_size >= {k}")
+    """Raises unless the beam of a SID model returns at least ``max(eval.top_k)`` items
+    (:func:`sidjax.config.beam_problem`)."""
+    problem = config_lib.beam_problem(cfg)
+    if problem:
+        raise ValueError(problem)
 
 
 def validation_users(num_users: int, eval_users: int) -> np.ndarray:
