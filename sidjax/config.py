@@ -33,10 +33,10 @@ class DataConfig:
     seed: int = 0
     max_history: int = 12  # items of history fed to the model
     pack_segments: int = 0  # training rows packed with this many users' windows (0 = off)
-    pack_length: int = 0  # positions of a packed row (0 = max_history x SID levels)
+    pack_length: int = 0  # positions of a packed row (0 = (max_history + 1) x SID levels)
     # text prompt tokens from a sentencepiece vocabulary of the item text (sidjax.text.vocab)
     text_prompt: str = ""  # instruction after BOS ("" = none)
-    item_text_tokens: int = 0  # tokens of each history item's text before its SID (0 = none)
+    item_text_tokens: int = 0  # tokens of each history item's text after its SID (0 = none)
     text_vocab_size: int = 2000  # at most this many sentencepiece pieces
     # vectors the SIDs quantise: "auto" (given vectors, else MiniLM of item text, else
     # collaborative), "text" (MiniLM of item text) or "collab" (PPMI-SVD of training interactions)
@@ -379,7 +379,8 @@ def _problems(cfg: Config) -> list[str]:
          f"must give one K per level (sid.levels={s.levels}) or be empty")
     one_of("sid.rqvae.estimator", ("rotation", "ste"))
     one_of("sid.method", ("rqkmeans", "rqvae"))
-    at_least(0, "sid.slack", "sid.rqvae.beta", "sid.rqvae.reset_every")
+    at_least(0, "sid.slack", "sid.rqvae.beta")
+    at_least(1, "sid.rqvae.reset_every")
     at_least(1, "sid.rqvae.latent", "sid.rqvae.steps", "sid.rqvae.batch_size")
     all_at_least(1, "sid.rqvae.hidden")
     positive("sid.rqvae.learning_rate")
@@ -398,6 +399,9 @@ def _problems(cfg: Config) -> list[str]:
     all_at_least(1, "model.prefixmem.orders", nonempty=m.prefixmem.enabled)
     all_at_least(0, "model.prefixmem.inject_layers")
     one_of("model.prefixmem.fusion", ("concat", "sum"))
+    need("model.item_memory.enabled", not (m.prefixmem.enabled and m.item_memory.enabled),
+         "the item memory is PrefixMem's parameter-matched control: set "
+         "model.prefixmem.enabled=false with it")
     # train
     at_least(1, "train.batch_size", "train.steps", "train.log_every", "train.checkpoint_every",
              "train.max_checkpoints", "train.grad_accum")

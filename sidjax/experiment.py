@@ -168,6 +168,8 @@ def run_hash(cfg: Config, sids: SIDTable, prefixmem_init: str | None = None) -> 
             relevant["data"].pop(key)
     h = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
     h.update(sids.content_hash().encode())
+    if cfg.data.item_text_tokens:  # item text moved after its SID (2026-12-01): old runs differ
+        h.update(b"item text after SID")
     if prefixmem_init:
         h.update(f"prefixmem_init:{prefixmem_init}".encode())
     if cfg.train.freeze_decoder_steps:

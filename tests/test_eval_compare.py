@@ -197,4 +197,6 @@ def test_deep_subset_is_chosen_by_a_held_aside_seed_of_the_reference():
                                    num_samples=50, deep=masks)
     assert gains["deep/recall@5"]["per_seed"][0] == pytest.approx(-1.0)  # user 1: 0 vs 1
     assert gains["deep/recall@5"]["per_seed"][1] == pytest.approx(-0.5)  # users 0, 3: 1 of 2
-    assert seeds.deep_masks([{"baseline": {"greedy_acc": np.ones(4)}}], "baseline", 3) is None
+    assert seeds.deep_masks([a], "baseline", 3) is None  # one seed: its own selection, degenerate
+    no_levels = {"baseline": {"greedy_acc": np.ones(4)}}
+    assert seeds.deep_masks([no_levels, no_levels], "baseline", 3) is None

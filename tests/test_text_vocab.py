@@ -117,6 +117,10 @@ def test_prompt_tokens_follow_history_sids_but_not_the_predicted_item():
     assert out["codes"].tolist()[-len(expected):] == [0] * 3 + [0, 1, 0, 0, 2, 3, 0, 1, 0]
     history = encode_items([0, 1, 2], codes, vocab, 12, prompt)  # only the newest items fit
     assert history["tokens"].tolist() == [0, 0, 1, 3, 4] + s(1) + [7] + s(2) + [8, 9]
+    # evaluation feeds at most max_history items even when short texts leave room for more
+    short = TextPrompt(item_tokens=((5,), (6,), (7,)), max_item_tokens=3)
+    two = eval_arrays([np.array([0, 1, 2])], codes, vocab, 2, short)
+    assert int((two["levels"][0] == 1).sum()) == 2
 
 
 def test_no_sid_is_predicted_after_its_own_item_text():

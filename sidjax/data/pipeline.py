@@ -231,8 +231,9 @@ def training_length(max_history: int, num_levels: int, prompt: TextPrompt | None
     """Positions of a (padded, unpacked) training row: ``max_history`` history items plus the SID
     of the predicted item, less its last token (which is only a target).
 
-    It covers exactly the positions evaluation uses: the ``sequence_length(max_history, L,
-    prompt)`` history positions and the ``L - 1`` generated tokens fed back while decoding."""
+    It covers the positions evaluation uses: the ``sequence_length(max_history, L, prompt)``
+    history positions and the ``L - 1`` generated tokens fed back while decoding (with a prompt,
+    plus the unused text slot of the predicted item, left as padding)."""
     if prompt is None:
         return (max_history + 1) * num_levels
     return sequence_length(max_history + 1, num_levels, prompt) - 1
@@ -393,5 +394,7 @@ def eval_arrays(histories: list[np.ndarray], sid_codes: np.ndarray, vocab: SIDVo
     """Encodes evaluation histories into stacked ``[U, sequence_length(max_history, L, prompt)]``
     arrays (``[U, 1 + max_history * L]`` without a prompt)."""
     length = sequence_length(max_history, vocab.num_levels, prompt)
-    encoded = [encode_items(h, sid_codes, vocab, length, prompt) for h in histories]
+    # at most max_history items, as in training (with a prompt, short item texts would leave room)
+    encoded = [encode_items(np.asarray(h)[-max_history:], sid_codes, vocab, length, prompt)
+               for h in histories]
     return {k: np.stack([e[k] for e in encoded]) for k in ("tokens", "codes", "levels")}

@@ -342,7 +342,7 @@ def _p5_keywords(path: Path, asins: list[str]) -> list[str] | None:
         return None
     by_asin: dict[str, str] = {}
     for lineno, line in _lines(path, _encoding(path)):
-        asin, _, words = line.strip().partition(" ")
+        asin, words = (line.strip().split(None, 1) + [""])[:2]
         if not words.strip():
             raise ValueError(f"{path}:{lineno}: expected '<ASIN> <keywords>', got {line.strip()!r}")
         if asin in by_asin:

@@ -10,8 +10,8 @@ dict per seed, every model evaluated on the same users in the same order. Two su
 * ``deep/`` (:func:`deep_masks`): the users for whom a *held-aside* seed of the reference decodes
   every level above the deepest right and the deepest wrong: the fine distinctions under a known
   prefix that PrefixMem claims to improve. Seed s is judged on the selection of seed s + 1 (mod
-  the seed count), so no model's errors select its own test users; with one seed the selector
-  is the same seed (then said so in the report).
+  the seed count), so no run's errors select its own test users; it needs two seeds or more
+  (one seed's own selection is degenerate: the reference scores 0 there by construction).
 """
 
 from __future__ import annotations
@@ -40,8 +40,13 @@ def deep_mask(selector: PerUser, deepest: int) -> np.ndarray | None:
 def deep_masks(per_user_by_seed: Sequence[Mapping[str, PerUser]], baseline: str,
                deepest: int) -> list[np.ndarray] | None:
     """The deep-level subset of each seed, selected by a held-aside seed of ``baseline``: seed
-    ``i`` gets :func:`deep_mask` of seed ``(i + 1) % S``'s baseline (its own with one seed)."""
+    ``i`` gets :func:`deep_mask` of seed ``(i + 1) % S``'s baseline. None with one seed: a run's
+    own selection would make its deepest-level accuracy 0 by construction (greedy decoding is
+    unconstrained, so a right prefix with a wrong deepest code is a wrong argmax there), and
+    without ``greedy_L<l>`` values."""
     n = len(per_user_by_seed)
+    if n < 2:
+        return None
     masks = [deep_mask(per_user_by_seed[(i + 1) % n][baseline], deepest) for i in range(n)]
     return None if any(m is None for m in masks) else masks
 
@@ -196,9 +201,8 @@ def seeds_markdown(summary: Mapping[str, Mapping[str, Mapping[str, float]]],
     metrics = [m for m in metrics if any(m in summary[name] for name in models)]
     hard_note = (f"`hard/` = on the users whose {baseline} greedy full-SID decode is wrong (in "
                  "that seed; selected by the reference's own errors). `deep/` = on the users for "
-                 f"whom {'a held-aside seed (the next one) of ' if len(per_seed) > 1 else ''}"
-                 f"{baseline} decodes the levels above the deepest right and the deepest wrong"
-                 f"{'' if len(per_seed) > 1 else ' (one seed: selected by the same run)'}.")
+                 f"whom a held-aside seed (the next one) of {baseline} decodes the levels above "
+                 "the deepest right and the deepest wrong (two seeds or more).")
     lines = []
     if len(seeds) > 1:
         lines += [f"## Over {len(seeds)} seeds (train.seed = {', '.join(map(str, seeds))})", "",

@@ -445,7 +445,7 @@ def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
                    help="override a config value (repeatable)")
     p.add_argument("--workdir", required=True,
                    help="run folder; writes prefixmem_pretrained/ and pretrain_metrics.jsonl")
-    from sidjax.cli import at_least, positive_float
+    from sidjax.console import at_least, positive_float
 
     p.add_argument("--steps", type=at_least(1), default=500, help="Adam steps (default 500)")
     p.add_argument("--lr", type=positive_float, default=3e-3, help="learning rate (default 3e-3)")
@@ -466,7 +466,7 @@ def run_pretrain(args) -> int:
     """
     from sidjax import config as config_lib
     from sidjax import experiment
-    from sidjax.cli import USER_ERRORS, report_error
+    from sidjax.console import USER_ERRORS, report_error
     from sidjax.nn.model import resolve_prefixmem
 
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))

@@ -182,7 +182,7 @@ def _codes_arg(text: str) -> int | tuple[int, ...]:
 
 def add_sids_parser(subparsers) -> argparse.ArgumentParser:
     """Registers ``sids build`` and ``sids inspect`` on an argparse subparsers object."""
-    from sidjax.cli import at_least, positive_float
+    from sidjax.console import at_least, positive_float
 
     p = subparsers.add_parser("sids", help="build and inspect Semantic IDs")
     sub = p.add_subparsers(dest="sids_command", required=True)
@@ -269,7 +269,7 @@ def run_sids(args) -> int:
     if args.method == "rqvae":
         import sys
 
-        from sidjax.cli import _progress_factory
+        from sidjax.console import _progress_factory
 
         factory = _progress_factory(getattr(args, "quiet", False), sys.stderr.isatty())
         progress = factory("sids build rqvae", args.steps, unit="step", absolute=True) \

@@ -143,7 +143,7 @@ class TextSIDVocab:
                max_item_tokens: int = 0) -> TextPrompt:
         """A :class:`~sidjax.data.pipeline.TextPrompt`: ``instruction``'s tokens after BOS and,
         with ``item_texts`` (one per catalog item, e.g. titles), at most ``max_item_tokens``
-        tokens of each history item's text before its SID."""
+        tokens of each history item's text after its SID."""
         item_tokens = None
         if item_texts is not None:
             item_tokens = tuple(tuple(self.encode_text(t or "")[:max_item_tokens])

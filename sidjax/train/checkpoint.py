@@ -259,14 +259,24 @@ def restore_training(mngr: ocp.CheckpointManager, params, opt_state, config_hash
     sharded like the inputs), or None when there is none; raises ``ValueError`` when every
     checkpoint is damaged.
 
-    Damaged steps newer than the restored one are moved (not deleted) to a ``damaged/`` folder
-    beside the checkpoints, so training can save those steps again."""
+    Newer steps whose files contradict their manifest are moved (not deleted) to a ``damaged/``
+    folder beside the checkpoints, so training can save those steps again."""
     steps = sorted(mngr.all_steps(), reverse=True)
     restored = _restore_first_good(mngr, steps, {"params": params, "opt_state": opt_state},
                                    config_hash, log)
     if restored is not None and restored.step != steps[0]:
-        _set_aside([s for s in steps if s > restored.step], mngr, log)
+        _set_aside([s for s in steps if s > restored.step and _fails_manifest(mngr, s)], mngr, log)
     return restored
+
+
+def _fails_manifest(mngr: ocp.CheckpointManager, step: int) -> bool:
+    """Whether ``step`` has files that contradict its manifest (proven damage, not a read error
+    that might be transient)."""
+    try:
+        verify_manifest(Path(mngr.directory) / str(step))
+    except DamagedCheckpoint:
+        return True
+    return False
 
 
 def _set_aside(steps: list[int], mngr: ocp.CheckpointManager, log: Log | None) -> None:

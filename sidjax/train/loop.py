@@ -183,11 +183,12 @@ def sid_task_loss(vocab: SIDVocab, label_smoothing: float = 0.0) -> Callable:
 def make_train_step(graphdef, tx: optax.GradientTransformation, vocab: SIDVocab | None,
                     dropout: bool, *, partitioner=None, state_shardings=(None, None),
                     grad_accum: int = 1, compute_dtype: str = "float32",
-                    loss_fn: Callable | None = None) -> Callable:
+                    loss_fn: Callable | None = None, label_smoothing: float = 0.0) -> Callable:
     """A jitted ``(params, opt_state, batch, step, key) -> (params, opt_state, metrics)``.
 
     ``loss_fn(model, batch, dropout_key) -> (loss, metrics)`` is the task (default: the SID loss
-    of ``vocab``, :func:`sid_task_loss`); ``dropout_key`` is None when ``dropout`` is off.
+    of ``vocab`` with ``label_smoothing``, :func:`sid_task_loss`); ``dropout_key`` is None when
+    ``dropout`` is off.
 
     The dropout key of a step is ``fold_in(key, step)`` (and of micro-batch ``i``,
     ``fold_in(that, i)``); params and optimizer state are donated. With ``grad_accum = k`` the
@@ -197,7 +198,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, vocab: SIDVocab 
     :mod:`sidjax.train.partition`) fix the input and output shardings; ``None`` is plain jit.
     """
     dtype = jnp.dtype(compute_dtype)
-    task = loss_fn if loss_fn is not None else sid_task_loss(vocab)
+    task = loss_fn if loss_fn is not None else sid_task_loss(vocab, label_smoothing)
 
     def params_loss(params, batch, key):
         model = nnx.merge(graphdef, _cast_floats(params, dtype) if dtype != jnp.float32 else params)
@@ -437,7 +438,8 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, 
     tracker = BestTracker.restore(cfg, tracker_state)
     step_fn = make_train_step(graphdef, tx, vocab, dropout=True, partitioner=partitioner,
                               state_shardings=shardings, grad_accum=cfg.grad_accum,
-                              compute_dtype=cfg.compute_dtype, loss_fn=loss_fn)
+                              compute_dtype=cfg.compute_dtype, loss_fn=loss_fn,
+                              label_smoothing=cfg.label_smoothing)
     key = jax.random.key(cfg.seed, impl="unsafe_rbg")  # cheap dropout bits on CPU
     writer = MetricsWriter(workdir, tensorboard=cfg.tensorboard, resume_step=start)
     end = cfg.steps
