@@ -451,7 +451,6 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-check_config = validate
 
 
 def to_dict(cfg: Config) -> dict:

@@ -470,8 +470,6 @@ def run_pretrain(args) -> int:
     from sidjax.nn.model import resolve_prefixmem
 
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-    if args.steps < 1:
-        return report_error(ValueError(f"--steps={args.steps}: must be >= 1"), "pretrain-mem")
     try:
         cfg = config_lib.validate(
             config_lib.apply_overrides(config_lib.load_config(args.config), args.set or []))

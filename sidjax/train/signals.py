@@ -86,7 +86,3 @@ def stop_flag():
     finally:
         signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous_term)
-
-
-# the name of the context before Ctrl-C was handled too
-sigterm_flag = stop_flag
