@@ -87,7 +87,7 @@ def test_sasrec_trains_and_beats_popularity(tmp_path):
     reloaded = E.load_model(prep, tmp_path / "sasrec")
     assert E.evaluate(reloaded, prep)["recall@10"] == pytest.approx(result["recall@10"])
     history = [prep.data.item_ids[i] for i in prep.split.test.histories[0]]
-    (rec,) = recommend_for_histories(reloaded, prep, [history], k=5)
+    (rec,) = recommend_for_histories(reloaded, prep, [history], k=5, exclude_history=False)
     top, _, _ = rank_items(reloaded, encode_item_ids(prep.split.test.histories[0],
                                                      cfg.data.max_history)[None],
                            prep.sids.codes, prep.split.test.targets[:1], k=5)
