@@ -4,6 +4,9 @@
 Command (from the repository root, with ../shared/data present):
     sidjax train --config configs/toys_sasrec.py --workdir runs/toys-sasrec
     sidjax eval --workdir runs/toys-sasrec
+Result (2026-12-01, 2 shared CPU cores; stopped at step 2,998 of 6,000 after 77 min with validation
+Recall@10 flat since step 2,000, the best step; test split, 19,412 users): R@5 0.0405  R@10 0.0645
+N@5 0.0251  N@10 0.0328 (CE SASRec, phonism/genrec README: 0.0613 / 0.0922 / 0.0348 / 0.0448).
 """
 
 import dataclasses
