@@ -71,7 +71,8 @@ def quantizer_config(method: str, *, levels: int, codes: int | tuple[int, ...], 
     return cfg
 
 
-def build(vectors, item_ids, cfg, *, reassign: bool = True, split_prefixes: bool = False) -> SIDBuild:
+def build(vectors, item_ids, cfg, *, reassign: bool = True, split_prefixes: bool = False,
+          progress=None) -> SIDBuild:
     """Fits the quantizer ``cfg`` describes on ``vectors`` ``[N, D]`` and makes unique SIDs.
 
     Args:
@@ -84,6 +85,8 @@ def build(vectors, item_ids, cfg, *, reassign: bool = True, split_prefixes: bool
       split_prefixes: with ``reassign``, first move items out of length-(L-1) prefixes holding more
         than ``K_L`` items (:func:`~sidjax.sid.reassign.split_full_prefixes`), so that no extra level
         is needed unless a length-(L-2) prefix holds more than ``K_{L-1} * K_L`` items.
+      progress: RQ-VAE only: ``progress(steps_done, log_entry_or_None)`` after every training
+        step (:func:`sidjax.sid.rqvae.fit`).
     """
     method = next((name for name, (_, cls) in METHODS.items() if isinstance(cfg, cls)), None)
     if method is None:
@@ -95,7 +98,8 @@ def build(vectors, item_ids, cfg, *, reassign: bool = True, split_prefixes: bool
     ks = cfg.codes_per_level()
     levels = len(ks)
     t0 = time.perf_counter()
-    quantizer, base = module.fit_with_codes(x, cfg)
+    quantizer, base = (module.fit_with_codes(x, cfg, progress=progress) if method == "rqvae"
+                       else module.fit_with_codes(x, cfg))
     fit_seconds = time.perf_counter() - t0
     moved, cost, split = 0, 0.0, None
     if reassign:

@@ -86,10 +86,8 @@ def build_sids(vectors_path_or_array, item_ids, *, method: str = "rqkmeans", lev
     vectors = _load_vectors(vectors_path_or_array, item_ids)
     if item_titles is not None and len(item_titles) != len(item_ids):
         raise ValueError(f"{len(item_titles)} titles for {len(item_ids)} items; pass one title per item")
-    from sidjax.sid.rqvae import reporting_progress
-
-    with reporting_progress(progress):
-        result = build(vectors, item_ids, cfg, reassign=reassign, split_prefixes=split_prefixes)
+    result = build(vectors, item_ids, cfg, reassign=reassign, split_prefixes=split_prefixes,
+                   progress=progress)
     stats = write_build(result, out_dir, item_titles)
     d = result.diagnostics
     log(f"built {method} SIDs for {result.table.num_items} items in {result.fit_seconds:.1f}s: levels "

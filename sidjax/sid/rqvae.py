@@ -16,8 +16,6 @@ the fit vectors are re-drawn from theirs. Deterministic for a seed on one platfo
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 from collections.abc import Callable
 
@@ -187,28 +185,13 @@ def _init_codebooks(model: RQVAEModel, x: jax.Array, key: jax.Array) -> None:
         r = r - centroids[assign]
 
 
-_PROGRESS: contextvars.ContextVar = contextvars.ContextVar("rqvae_progress", default=None)
-
-
-@contextlib.contextmanager
-def reporting_progress(progress: Callable[[int, dict | None], None] | None):
-    """Within the block, :func:`fit` calls without their own ``progress`` report to ``progress``
-    (so callers of :func:`sidjax.sid.build.build`, which does not pass one, still see it)."""
-    token = _PROGRESS.set(progress)
-    try:
-        yield
-    finally:
-        _PROGRESS.reset(token)
-
-
 def fit(vectors, cfg: RQVAEConfig, log: Callable[[dict], None] | None = None,
         progress: Callable[[int, dict | None], None] | None = None) -> RQVAE:
     """Trains an RQ-VAE on ``vectors`` ``[N, D]``; ``log`` gets a dict every ``reset_every`` steps.
 
-    ``progress(steps_done, entry_or_None)`` (default: the one of :func:`reporting_progress`) is
-    called after every step, with the ``log`` entry on the steps that make one.
+    ``progress(steps_done, entry_or_None)`` is called after every step, with the ``log`` entry on
+    the steps that make one.
     """
-    progress = progress if progress is not None else _PROGRESS.get()
     x_all = check_vectors(vectors)
     ks = cfg.codes_per_level()
     n, dim = x_all.shape
