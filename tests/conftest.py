@@ -50,3 +50,39 @@ def assert_png(path: Path, min_width: int = 300, min_height: int = 200) -> None:
     pixels = matplotlib.image.imread(path)
     assert pixels.shape[:2] == (height, width)
     assert pixels[..., :3].std() > 0.01, f"{path} is blank"
+
+
+def sid_layout(rng, num_items: int, ks):
+    """A BOS + items layout: ``codes``/``levels`` int arrays like the data pipeline makes, with
+    ``num_items`` random SIDs of the code counts ``ks``."""
+    import numpy as np
+
+    codes, levels = [0], [0]
+    for _ in range(num_items):
+        for level, k in enumerate(ks, 1):
+            codes.append(int(rng.integers(k)))
+            levels.append(level)
+    return np.array(codes), np.array(levels)
+
+
+def assert_beam_steps_match_full(model, arrays, beams, offsets) -> None:
+    """Split-cache beam steps over ``beams [B, K, L]`` (each beam's SID) after ``arrays``'
+    histories give the logits of the full forward of history + generated prefix, at every depth."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    b, k, num_levels = beams.shape
+    t = arrays["tokens"].shape[1]
+    _, history = model.prefill(jnp.asarray(arrays["tokens"]), jnp.asarray(arrays["codes"]),
+                               jnp.asarray(arrays["levels"]))
+    generated = None
+    for depth in range(1, num_levels):
+        window = beams[..., :depth]
+        levels = np.broadcast_to(np.arange(1, depth + 1), window.shape)
+        step, generated = model.beam_step(jnp.asarray(offsets[:depth] + window), jnp.asarray(window),
+                                          jnp.asarray(levels), history, generated, depth)
+        full = model(*(np.concatenate([np.repeat(arrays[name], k, 0), w.reshape(b * k, depth)], 1)
+                       for name, w in (("tokens", offsets[:depth] + window), ("codes", window),
+                                       ("levels", levels))))
+        np.testing.assert_allclose(np.asarray(step).reshape(b * k, -1), full[:, t - 1 + depth],
+                                   rtol=1e-4, atol=1e-4)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_beam_steps_match_full
 from flax import nnx
 
 from sidjax.config import ModelConfig, PrefixMemConfig
@@ -147,23 +148,8 @@ def test_level_log_probs_normalise_within_level():
 @pytest.mark.parametrize("family, inject_layers", [(None, ())] + FAMILY_CASES[1:])
 def test_split_cache_beam_step_matches_full_forward(family, inject_layers):
     model, codes, vocab, arrays = _setup(prefixmem=True, family=family, inject_layers=inject_layers)
-    hist = {k: jnp.asarray(v) for k, v in arrays.items()}
     beams = np.stack([codes[[5, 7, 9]], codes[[11, 13, 15]], codes[[2, 4, 6]], codes[[1, 3, 8]]])
-    b, k, num_levels = beams.shape
-    offsets = vocab.level_offsets
-    t = arrays["tokens"].shape[1]
-    logits, history = model.prefill(hist["tokens"], hist["codes"], hist["levels"])
-    generated = None
-    for depth in range(1, num_levels):
-        window = beams[..., :depth]
-        levels = np.broadcast_to(np.arange(1, depth + 1), window.shape)
-        step, generated = model.beam_step(jnp.asarray(offsets[:depth] + window), jnp.asarray(window),
-                                          jnp.asarray(levels), history, generated, depth)
-        full = model(*(np.concatenate([np.repeat(arrays[name], k, 0), w.reshape(b * k, depth)], 1)
-                       for name, w in (("tokens", offsets[:depth] + window), ("codes", window),
-                                       ("levels", levels))))
-        np.testing.assert_allclose(np.asarray(step).reshape(b * k, -1), full[:, t - 1 + depth],
-                                   rtol=1e-4, atol=1e-4)
+    assert_beam_steps_match_full(model, arrays, beams, vocab.level_offsets)
 
 
 def test_cached_beam_search_equals_naive(beam=(2, 6, 4)):

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_beam_steps_match_full, sid_layout
 from flax import nnx
 
 from sidjax.config import ItemMemConfig, ModelConfig, PrefixMemConfig
@@ -26,16 +27,6 @@ def _model_cfg(item_memory=True, prefix_memory=False, orders=(1, 2, 3, 4), gate=
                          hash_table_size=31, gate=gate)
     return ModelConfig(d_model=32, num_layers=2, num_heads=2, head_dim=16, mlp_dim=64, dropout=0.0,
                        prefixmem=pm, item_memory=ItemMemConfig(enabled=item_memory, **im_kw))
-
-
-def _sequence(rng, num_items, ks):
-    """A BOS + items layout: codes/levels arrays like the data pipeline makes."""
-    codes, levels = [0], [0]
-    for _ in range(num_items):
-        for level, k in enumerate(ks, 1):
-            codes.append(int(rng.integers(k)))
-            levels.append(level)
-    return np.array(codes), np.array(levels)
 
 
 def _reference_rows(spec, codes, levels):
@@ -112,7 +103,7 @@ def test_apply_matches_numpy_reference(gate, heads):
     spec = im.resolve(_model_cfg(gate=gate, heads=heads), ks)
     params = im.init(jax.random.key(1), spec)
     rng = np.random.default_rng(2)
-    codes, levels = _sequence(rng, 4, ks)
+    codes, levels = sid_layout(rng, 4, ks)
     hidden = rng.normal(size=(len(codes), spec.d_model)).astype(np.float32)
     rows = np.asarray(im.lookup_rows(spec, jnp.asarray(codes), jnp.asarray(levels)))
     np.testing.assert_array_equal(rows, _reference_rows(spec, codes, levels))
@@ -206,20 +197,7 @@ def test_cached_decoding_matches_full_forward():
         np.testing.assert_allclose(logits, full[:, t - 1 + depth], rtol=1e-4, atol=1e-4)
     # beam steps (split cache) over K = 3 beams per user
     beams = np.stack([codes[[5, 7, 9]], codes[[11, 13, 15]], codes[[2, 4, 6]], codes[[1, 3, 8]]])
-    b, k, _ = beams.shape
-    _, history = model.prefill(jnp.asarray(arrays["tokens"]), jnp.asarray(arrays["codes"]),
-                               jnp.asarray(arrays["levels"]))
-    generated = None
-    for depth in range(1, num_levels):
-        window = beams[..., :depth]
-        levels = np.broadcast_to(np.arange(1, depth + 1), window.shape)
-        step, generated = model.beam_step(jnp.asarray(offsets[:depth] + window), jnp.asarray(window),
-                                          jnp.asarray(levels), history, generated, depth)
-        full = model(*(np.concatenate([np.repeat(arrays[name], k, 0), w.reshape(b * k, depth)], 1)
-                       for name, w in (("tokens", offsets[:depth] + window), ("codes", window),
-                                       ("levels", levels))))
-        np.testing.assert_allclose(np.asarray(step).reshape(b * k, -1), full[:, t - 1 + depth],
-                                   rtol=1e-4, atol=1e-4)
+    assert_beam_steps_match_full(model, arrays, beams, offsets)
 
 
 def test_beam_search_and_greedy_match_full_forward_scoring():
@@ -256,7 +234,7 @@ def test_sharded_read_equals_unsharded():
     assert spec.rows == 204  # rounded up to the 4 row shards
     params = im.init(jax.random.key(0), spec)
     rng = np.random.default_rng(0)
-    seqs = [_sequence(rng, 3, ks) for _ in range(4)]
+    seqs = [sid_layout(rng, 3, ks) for _ in range(4)]
     codes, levels = (jnp.asarray(np.stack([s[i] for s in seqs])) for i in (0, 1))
     hidden = jnp.asarray(rng.normal(size=codes.shape + (spec.d_model,)).astype(np.float32))
     ref = im.apply(params, codes, levels, cfg=spec, hidden=hidden)

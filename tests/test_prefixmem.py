@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import sid_layout
 
 from sidjax.config import PrefixMemConfig
 from sidjax.nn import prefixmem as pm
@@ -16,16 +17,6 @@ def _cfg(**kw):
                 exact_threshold=40, hash_heads=2, hash_table_size=50)
     base.update(kw)
     return PrefixMemConfig(**base)
-
-
-def _sequence(rng, num_items, ks):
-    """A BOS + items layout: codes/levels arrays like the data pipeline makes."""
-    codes, levels = [0], [0]
-    for _ in range(num_items):
-        for level, k in enumerate(ks, 1):
-            codes.append(int(rng.integers(k)))
-            levels.append(level)
-    return np.array(codes), np.array(levels)
 
 
 def _reference_rows(cfg, codes, levels):
@@ -71,7 +62,7 @@ def test_layout_offsets_primes_and_padding():
 def test_lookup_rows_match_numpy_reference(orders):
     cfg = _cfg(orders=orders)
     rng = np.random.default_rng(0)
-    codes, levels = _sequence(rng, 5, cfg.codes_per_level)
+    codes, levels = sid_layout(rng, 5, cfg.codes_per_level)
     rows = np.asarray(pm.lookup_rows(cfg, jnp.asarray(codes), jnp.asarray(levels)))
     np.testing.assert_array_equal(rows, _reference_rows(cfg, codes, levels))
     assert np.all(rows[levels == 0] == -1)
@@ -91,7 +82,7 @@ def test_apply_matches_numpy_reference(gate):
     cfg = _cfg(gate=gate)
     params = pm.init(jax.random.key(1), cfg)
     rng = np.random.default_rng(2)
-    codes, levels = _sequence(rng, 3, cfg.codes_per_level)
+    codes, levels = sid_layout(rng, 3, cfg.codes_per_level)
     hidden = rng.normal(size=(len(codes), cfg.d_model)).astype(np.float32)
     out = np.asarray(pm.apply(params, jnp.asarray(codes), jnp.asarray(levels), cfg=cfg,
                               hidden=jnp.asarray(hidden)))
@@ -115,7 +106,7 @@ def test_apply_under_jit_grad_and_vmap():
     cfg = _cfg()
     params = pm.init(jax.random.key(0), cfg)
     rng = np.random.default_rng(0)
-    batch = [_sequence(rng, 2, cfg.codes_per_level) for _ in range(3)]
+    batch = [sid_layout(rng, 2, cfg.codes_per_level) for _ in range(3)]
     codes = jnp.asarray(np.stack([b[0] for b in batch]))
     levels = jnp.asarray(np.stack([b[1] for b in batch]))
     f = jax.jit(lambda p, c, lv: pm.apply(p, c, lv, cfg=cfg))
