@@ -208,12 +208,14 @@ def check_hash(mngr: ocp.CheckpointManager, step: int, config_hash: str) -> dict
 
 @dataclasses.dataclass(frozen=True)
 class Restored:
-    """A checkpoint read back: its step, arrays, ``meta`` and data iterator state (or None)."""
+    """A checkpoint read back: its step, arrays, ``meta``, data iterator state (or None) and the
+    newer steps skipped because their files contradict their manifests (``mismatched``)."""
 
     step: int
     items: dict
     meta: dict
     data_state: dict | None
+    mismatched: tuple[int, ...] = ()
 
 
 def _restore_first_good(mngr: ocp.CheckpointManager, steps: list[int], items: dict,
@@ -221,6 +223,7 @@ def _restore_first_good(mngr: ocp.CheckpointManager, steps: list[int], items: di
     """The first of ``steps`` that matches its manifest (if it has one) and reads back; damaged
     steps are reported and skipped. None when ``steps`` is empty; a ``ValueError`` when every
     step is damaged."""
+    mismatched = []
     for i, step in enumerate(steps):
         try:
             if not verify_manifest(Path(mngr.directory) / str(step)):
@@ -240,7 +243,9 @@ def _restore_first_good(mngr: ocp.CheckpointManager, steps: list[int], items: di
             error = e
         else:
             return Restored(step, {k: restored[k] for k in items}, meta,
-                            restored["data"] if "data" in args else None)
+                            restored["data"] if "data" in args else None, tuple(mismatched))
+        if isinstance(error, DamagedCheckpoint):
+            mismatched.append(step)
         fallback = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else \
             "no older checkpoint"
         (log or print)(f"checkpoint {mngr.directory}/{step} is damaged and was skipped "
@@ -264,19 +269,9 @@ def restore_training(mngr: ocp.CheckpointManager, params, opt_state, config_hash
     steps = sorted(mngr.all_steps(), reverse=True)
     restored = _restore_first_good(mngr, steps, {"params": params, "opt_state": opt_state},
                                    config_hash, log)
-    if restored is not None and restored.step != steps[0]:
-        _set_aside([s for s in steps if s > restored.step and _fails_manifest(mngr, s)], mngr, log)
+    if restored is not None and restored.mismatched:  # proven damage, not a transient read error
+        _set_aside(list(restored.mismatched), mngr, log)
     return restored
-
-
-def _fails_manifest(mngr: ocp.CheckpointManager, step: int) -> bool:
-    """Whether ``step`` has files that contradict its manifest (proven damage, not a read error
-    that might be transient)."""
-    try:
-        verify_manifest(Path(mngr.directory) / str(step))
-    except DamagedCheckpoint:
-        return True
-    return False
 
 
 def _set_aside(steps: list[int], mngr: ocp.CheckpointManager, log: Log | None) -> None:
