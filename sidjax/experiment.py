@@ -244,7 +244,7 @@ def _check_workdir_config(cfg: Config, workdir: Path, log: Log | None = None,
     appended to ``workdir/config_changes.jsonl`` (``{"step", "time", "changes": {key: {"old",
     "new"}}}``, ``step`` the newest checkpoint when it was accepted), so that file and
     ``config.json`` together say how every part of the run was trained."""
-    from sidjax.train.loop import latest_saved_step, train_config_changes
+    from sidjax.train.loop import train_config_changes
 
     path = workdir / "config.json"
     if path.exists():
@@ -252,7 +252,7 @@ def _check_workdir_config(cfg: Config, workdir: Path, log: Log | None = None,
         if dataclasses.replace(saved, train=cfg.train, eval=cfg.eval, name=cfg.name) != cfg:
             raise ValueError(f"{path} holds a different data/SID/model config than the one given; "
                              "resume with the same config or use a new --workdir")
-        trained = latest_saved_step(workdir)
+        trained = checkpoint.latest_saved_step(workdir / "checkpoints")
         changes = train_config_changes(saved.train, cfg.train) if trained else {}
         refused = {k: v for k, v in changes.items() if k != "train.steps" or v[1] < trained}
 

@@ -303,6 +303,17 @@ def restore_latest(mngr: ocp.CheckpointManager, params, opt_state, config_hash: 
     return restored.step, restored.items["params"], restored.items["opt_state"]
 
 
+def latest_saved_step(directory: Path) -> int:
+    """The newest step folder under the checkpoint ``directory`` (0 when there is none), from the
+    folder names alone (no orbax manager is opened; a damaged newest step counts too: its resume
+    falls back to an older step and says so)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    return max((int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()),
+               default=0)
+
+
 CHECKPOINT_CHOICES = ("best", "latest")
 
 

@@ -362,17 +362,6 @@ def train_config_changes(saved: TrainConfig, given: TrainConfig) -> dict[str, tu
     return changes
 
 
-def latest_saved_step(workdir: Path) -> int:
-    """The newest checkpoint step under ``workdir/checkpoints`` (0 when there is none), from the
-    names of the committed step folders (a damaged newest one counts too; its resume falls back
-    to an older step and says so)."""
-    directory = Path(workdir) / "checkpoints"
-    if not directory.is_dir():
-        return 0
-    return max((int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()),
-               default=0)
-
-
 def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, workdir: Path, *,
           config_hash: str = "", progress: Callable | None = None,
           log: Callable[[str], None] | None = None, partitioner=None,
