@@ -23,6 +23,7 @@ from sidjax.console import (  # noqa: F401 - re-exported: tests and callers use 
     at_least,
     console_log,
     describe_error,
+    is_user_error,
     positive_float,
     report_error,
 )
@@ -267,7 +268,7 @@ def _run(args) -> int:
         if args.prefixmem_init:
             cfg = config_lib.override(cfg, "train.prefixmem_init",
                                       str(Path(args.prefixmem_init).absolute()))
-        prep = experiment.prepare(cfg, Path(args.workdir), log)
+        prep = experiment.prepare(cfg, Path(args.workdir), log, progress)
         import jax
 
         bar = progress(f"train {cfg.name}", cfg.train.steps) \
@@ -317,7 +318,7 @@ TRAINING_COMMANDS = ("demo", "compare", "train")
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sidjax` console script; returns the exit status.
 
-    Every command shares one error style: an error of ordinary use (:data:`USER_ERRORS`) prints
+    Every command shares one error style: an error of ordinary use (:func:`is_user_error`) prints
     ``sidjax <cmd>: error: <message>`` as one line and returns 2 (``SIDJAX_DEBUG=1`` re-raises
     it). Ctrl-C during training saves a checkpoint at the next step boundary and returns 130
     with one line; elsewhere it prints one line and returns 130. SIGTERM during training saves
@@ -344,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sidjax {command}: interrupted (Ctrl-C){extra}", file=sys.stderr)
         return 130
     except USER_ERRORS as err:
+        if not is_user_error(err):
+            raise
         return report_error(err, command)
 
 

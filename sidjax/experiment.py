@@ -89,9 +89,10 @@ ITEM_VECTORS = ("auto", "text", "collab")
 
 
 def item_vectors(data: InteractionData, split: Split, log: Log = print,
-                 kind: str = "auto") -> np.ndarray:
+                 kind: str = "auto", progress_factory=None) -> np.ndarray:
     """Content vectors for SIDs (``data.item_vectors``): ``"auto"`` takes given vectors, else
-    MiniLM over item text, else co-occurrence vectors; ``"text"`` and ``"collab"`` force one."""
+    MiniLM over item text, else co-occurrence vectors; ``"text"`` and ``"collab"`` force one.
+    ``progress_factory`` (see :func:`run_compare`) shows the MiniLM encoding's progress."""
     if kind not in ITEM_VECTORS:
         raise ValueError(f"data.item_vectors={kind!r}; use one of {', '.join(ITEM_VECTORS)}")
     if kind == "auto" and data.item_vectors is not None:
@@ -100,7 +101,7 @@ def item_vectors(data: InteractionData, split: Split, log: Log = print,
         from sidjax.text.minilm import encode_texts
 
         log(f"encoding {data.num_items} item texts with MiniLM")
-        return encode_texts(data.item_text)
+        return encode_texts(data.item_text, progress=progress_factory or False)
     if kind == "text":
         raise ValueError(f"data.item_vectors='text' but {data.name} has no item text; use "
                          "'collab' (vectors from training interactions)")
@@ -117,8 +118,10 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def prepare(cfg: Config, workdir: Path | None = None, log: Log = print) -> Prepared:
-    """Loads data, splits it, and builds (or reloads from ``workdir``) the SID table."""
+def prepare(cfg: Config, workdir: Path | None = None, log: Log = print,
+            progress_factory=None) -> Prepared:
+    """Loads data, splits it, and builds (or reloads from ``workdir``) the SID table;
+    ``progress_factory`` (see :func:`run_compare`) shows the item-text encoding's progress."""
     data = load_data(cfg)
     split = leave_one_out(data.sequences)
     sid_path = None if workdir is None else Path(workdir) / "sids.npz"
@@ -134,7 +137,8 @@ def prepare(cfg: Config, workdir: Path | None = None, log: Log = print) -> Prepa
         from sidjax.sid.diagnostics import stats_table
 
         t0 = time.perf_counter()
-        built = build_from_settings(item_vectors(data, split, log, cfg.data.item_vectors),
+        built = build_from_settings(item_vectors(data, split, log, cfg.data.item_vectors,
+                                                 progress_factory),
                                     data.item_ids, cfg.sid)
         sids, diagnostics = built.table, built.diagnostics
         log(f"built {built.method} SIDs for {sids.num_items} items in {time.perf_counter() - t0:.1f}s: "
@@ -707,7 +711,7 @@ def run_compare(cfg: Config, workdir: Path, log: Log = print, progress_factory=N
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     config_lib.save_config(cfg, workdir / "config.json")
-    prep = prepare(cfg, workdir, log)
+    prep = prepare(cfg, workdir, log, progress_factory)
     split = cfg.eval.split
     eval_set = prep.split.eval_set(split)
     popularity = evaluate_popularity(prep, split)

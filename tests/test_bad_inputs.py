@@ -170,6 +170,25 @@ def test_debug_env_reraises(sandbox, capsys, monkeypatch):
                   "--set", "train.steps=-3"])
 
 
+def test_an_error_raised_inside_a_library_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only sidjax's own checks are errors of ordinary use: a ValueError from numpy is a bug."""
+    import numpy as np
+
+    from sidjax import experiment
+
+    with pytest.raises(ValueError) as own:  # sidjax's own check: an error of ordinary use
+        experiment.item_vectors(None, None, kind="bad")
+    assert cli.is_user_error(own.value)
+    assert not cli.is_user_error(ValueError("never raised"))
+
+    def broken(*_args, **_kwargs):
+        np.zeros(3).reshape(2)
+
+    monkeypatch.setattr(experiment, "item_vectors", broken)
+    with pytest.raises(ValueError, match="reshape"):  # not turned into one line and exit 2
+        cli.main(["train", "--config", "tiny", "--workdir", str(tmp_path / "out")])
+
+
 def test_ctrl_c_outside_training_is_one_line_130(sandbox, capsys, monkeypatch):
     def interrupted(_args):
         raise KeyboardInterrupt

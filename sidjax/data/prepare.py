@@ -459,6 +459,9 @@ def add_prepare_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="k-core filter: one N for users and items, or USER_MIN ITEM_MIN")
     p.add_argument("--min-interactions", type=int, default=MIN_INTERACTIONS)
     p.add_argument("--strict", action="store_true", help="error on short users / duplicates")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress of the MiniLM encoding (a bar in a terminal, else a line at "
+                        "every tenth of the batches or 30 s)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --out folder written by sidjax prepare (never a "
                         "file, another folder, or the --path dataset)")
@@ -502,8 +505,17 @@ def run_prepare(args: argparse.Namespace) -> int:
         if len(args.kcore) > 2:
             raise ValueError(f"--kcore takes 1 or 2 numbers, got {args.kcore}")
         kcore = tuple(args.kcore) if len(args.kcore) == 2 else args.kcore[0]
+    from sidjax.console import _progress_factory
+
+    factory = _progress_factory(getattr(args, "quiet", False), sys.stderr.isatty())
+
+    def encoder(texts):
+        from sidjax.text.minilm import encode_texts
+
+        return encode_texts(texts, progress=factory or False)
+
     try:
-        meta = prepare_dataset(args.path, args.out, fmt=fmt, kcore=kcore,
+        meta = prepare_dataset(args.path, args.out, fmt=fmt, kcore=kcore, encoder=encoder,
                                text_template=args.text_template, vectors=args.vectors,
                                vector_dim=args.vector_dim, seed=args.seed,
                                min_interactions=args.min_interactions, strict=args.strict,

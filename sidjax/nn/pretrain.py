@@ -466,7 +466,7 @@ def run_pretrain(args) -> int:
     """
     from sidjax import config as config_lib
     from sidjax import experiment
-    from sidjax.console import USER_ERRORS, report_error
+    from sidjax.console import USER_ERRORS, is_user_error, report_error
     from sidjax.nn.model import resolve_prefixmem
 
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
@@ -504,6 +504,8 @@ def run_pretrain(args) -> int:
         tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
         os.replace(tmp, metrics_path)
     except USER_ERRORS as err:
+        if not is_user_error(err):
+            raise
         return report_error(err, "pretrain-mem")
     first, last = history[0], history[-1]
     print(f"pre-trained PrefixMem for {args.steps} steps ({flops:.3g} FLOPs): loss "

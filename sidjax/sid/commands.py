@@ -211,8 +211,9 @@ def add_sids_parser(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--beta", type=at_least(0.0, float), default=vae.beta, help="rqvae commitment weight")
     b.add_argument("--learning-rate", type=positive_float, default=vae.learning_rate,
                    help="rqvae Adam rate")
-    b.add_argument("--quiet", action="store_true", help="no rqvae training progress (a bar in a "
-                   "terminal, else a line at every tenth of the steps or 30 s)")
+    b.add_argument("--quiet", action="store_true",
+                   help="no progress of the MiniLM encoding (--text) and rqvae training (a bar in "
+                        "a terminal, else a line at every tenth or 30 s)")
     i = sub.add_parser("inspect", help="print SID stats and example branches, plot code usage")
     i.add_argument("dir")
     i.add_argument("--examples", type=at_least(0), default=3,
@@ -221,7 +222,7 @@ def add_sids_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _data_vectors(args) -> tuple[np.ndarray, list[str], list[str] | None]:
+def _data_vectors(args, progress_factory=None) -> tuple[np.ndarray, list[str], list[str] | None]:
     if args.data == "synthetic":
         from sidjax.data.synthetic import synthetic_catalog
 
@@ -240,7 +241,8 @@ def _data_vectors(args) -> tuple[np.ndarray, list[str], list[str] | None]:
             raise ValueError(f"{args.data}: the dataset has no item text; pass --vectors FILE instead")
         from sidjax.text import encode_texts
 
-        return encode_texts(data.item_text), data.item_ids, titles
+        return (encode_texts(data.item_text, progress=progress_factory or False), data.item_ids,
+                titles)
     if data.item_vectors is not None:
         return data.item_vectors, data.item_ids, titles
     from sidjax.data.embed import collaborative_item_vectors
@@ -258,18 +260,18 @@ def run_sids(args) -> int:
     if args.sids_command == "inspect":
         print(inspect_sids(args.dir, examples=args.examples, plot=not args.no_plot))
         return 0
-    vectors, ids, titles = _data_vectors(args)
+    import sys
+
+    from sidjax.console import _progress_factory
+
+    factory = _progress_factory(getattr(args, "quiet", False), sys.stderr.isatty())
+    vectors, ids, titles = _data_vectors(args, factory)
     options = ({"iters": args.iters, "balanced": args.balanced, "slack": args.slack}
                if args.method == "rqkmeans" else
                {"steps": args.steps, "estimator": args.estimator, "beta": args.beta,
                 "learning_rate": args.learning_rate})
     progress = None
     if args.method == "rqvae":
-        import sys
-
-        from sidjax.console import _progress_factory
-
-        factory = _progress_factory(getattr(args, "quiet", False), sys.stderr.isatty())
         progress = factory("sids build rqvae", args.steps, unit="step", absolute=True) \
             if factory else None
     build_sids(vectors, ids, method=args.method, levels=args.levels, codes=args.codes, out_dir=args.out,

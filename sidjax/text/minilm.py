@@ -272,7 +272,7 @@ def encode_texts(
     *,
     batch_size: int = 64,
     max_length: int = 128,
-    progress: bool = True,
+    progress=True,
     model_path: str | Path | None = None,
 ) -> np.ndarray:
     """Sentence vectors for ``texts`` with all-MiniLM-L6-v2.
@@ -286,7 +286,9 @@ def encode_texts(
       batch_size: texts per forward pass.
       max_length: token budget per text including ``[CLS]``/``[SEP]``; longer texts are truncated
         (the sentence-transformers model card uses 256, its tokenizer 128).
-      progress: show a tqdm progress bar over batches.
+      progress: True: a tqdm bar over batches; False: none; or a progress factory
+        ``factory(description, total, unit=...) -> update(n)`` (what every sidjax command uses:
+        a bar in a terminal, plain log lines when piped, None with ``--quiet``).
       model_path: model folder for :func:`load_minilm`; default the installed package.
 
     Returns:
@@ -308,7 +310,10 @@ def encode_texts(
     order = np.argsort([len(t) for t in ids], kind="stable")
     out = np.zeros((len(ids), config.hidden_size), np.float32)
     starts = range(0, len(ids), batch_size)
-    for start in tqdm(starts, desc="MiniLM", unit="batch", disable=not progress):
+    update = progress("MiniLM", len(starts), unit="batch") if callable(progress) else None
+    batches = starts if callable(progress) else tqdm(starts, desc="MiniLM", unit="batch",
+                                                      disable=not progress)
+    for start in batches:
         rows = order[start : start + batch_size]
         length = _bucket(max(len(ids[r]) for r in rows), max_length)
         n_pad = _bucket(len(rows), batch_size) if len(rows) < batch_size else batch_size
@@ -319,4 +324,6 @@ def encode_texts(
             mask[j, : len(ids[r])] = 1
         vecs = _embed_batch(params, input_ids, mask, config.num_heads, config.layer_norm_eps)
         out[rows] = np.asarray(vecs)[: len(rows)]
+        if update is not None:
+            update(1)
     return out

@@ -24,7 +24,7 @@ from sidjax.train import checkpoint
 from sidjax.train.batches import BatchStream
 from sidjax.train.observe import MetricsWriter, format_state_report
 from sidjax.train.partition import make_partitioner, path_names
-from sidjax.train.signals import stop_flag
+from sidjax.train.signals import any_process, stop_flag
 from sidjax.train.validation import BestTracker, check_validation_config, is_eval_step
 
 
@@ -402,7 +402,9 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, 
     non-finite loss stops the run with an error naming the step, without saving. SIGTERM saves
     at the next step boundary and raises :class:`~sidjax.train.signals.Preempted`; so does a
     first Ctrl-C (SIGINT), raising :class:`~sidjax.train.signals.Interrupted` (a second Ctrl-C
-    before that boundary aborts at once with KeyboardInterrupt). The previous signal handlers
+    before that boundary aborts at once with KeyboardInterrupt). With several JAX processes a
+    signal to any of them stops all at the next multiple of ``cfg.log_every`` (or the end), each
+    saving the same step (:func:`~sidjax.train.signals.any_process`). The previous signal handlers
     come back after. Returns the model with the last step's parameters (on the default device).
     """
     workdir = Path(workdir)
@@ -413,6 +415,7 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, 
     validate = evaluate if cfg.eval_every > 0 else None
     say = log or (lambda _msg: None)
     main_process = jax.process_index() == 0
+    several_processes = jax.process_count() > 1
     graphdef, params, opt_state, tx, partitioner, shardings = init_state(model, cfg, partitioner)
     tied_output = tied_output_params(model)
     schedule = make_schedule(cfg)
@@ -473,6 +476,9 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, 
                 if progress is not None:
                     progress(done, metrics if logged else None)
                 preempt = stop.is_set()
+                if several_processes:  # all stop at one agreed boundary (signals.any_process)
+                    agree = done % cfg.log_every == 0 or done == end
+                    preempt = agree and any_process(preempt)
                 save = done % cfg.checkpoint_every == 0 or done == cfg.steps or preempt or \
                     validating
                 if not (save or logged):

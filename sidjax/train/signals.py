@@ -1,5 +1,9 @@
 """Preemption and Ctrl-C: SIGTERM and SIGINT set a flag that the training loop checks at every step
-boundary, where it saves a checkpoint and stops (:class:`Preempted`, :class:`Interrupted`)."""
+boundary, where it saves a checkpoint and stops (:class:`Preempted`, :class:`Interrupted`).
+
+With several JAX processes the flag of one process is not enough (the others would wait forever
+in the next collective): the loop stops at the first agreement boundary where
+:func:`any_process` says some process has it set, and every process saves and stops there."""
 
 from __future__ import annotations
 
@@ -86,3 +90,22 @@ def stop_flag():
     finally:
         signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous_term)
+
+
+def any_process(flag: bool, gather=None) -> bool:
+    """Whether ``flag`` is set on any JAX process; ``flag`` itself with one process.
+
+    A collective: with several processes every process must call it at the same step.
+    ``gather`` (default ``jax.experimental.multihost_utils.process_allgather``) maps this
+    process's int32 scalar to the array of every process's value.
+    """
+    import jax
+    import numpy as np
+
+    if gather is None:
+        if jax.process_count() == 1:
+            return bool(flag)
+        from jax.experimental import multihost_utils
+
+        gather = multihost_utils.process_allgather
+    return bool(np.max(np.asarray(gather(np.asarray(flag, np.int32)))))
