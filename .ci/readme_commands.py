@@ -5,8 +5,8 @@ install step it leaves out, fails CI instead of a new user.
     python .ci/readme_commands.py [--list]         # runs (or lists) every `sidjax ...` command
 
 The commands are read from README's ```bash blocks: continuation lines are joined, ``# comments``
-dropped, optional ``[...]`` parts left out and ``a|b`` alternatives taken as ``a``. They run in
-order (later commands use the run folders of earlier ones) in a scratch folder whose ``configs/``
+dropped, optional ``[...]`` parts left out and ``a|b`` alternatives taken as ``a``. They run two at
+a time, each after the earlier ones whose run folders it uses, in a scratch folder whose ``configs/``
 is this repository's and whose ``../shared/data`` holds small copies of the datasets folder
 (``$SIDJAX_DATA_DIR``, else ``../shared/data`` beside the repository: the first
 ``SMALL_USERS`` users of each dataset, :func:`small_dataset`), with the user files README assumes
@@ -30,11 +30,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 SMALL_RUN = ["--set", "train.steps=2", "--set", "data.num_items=150", "--set",
              "data.num_users=160", "--set", "sid.codes=8", "--set", "eval.batch_size=64",
-             "--set", "model.num_layers=1"]
+             "--set", "model.num_layers=1", "--set", "train.batch_size=16"]
 SMALL = {"demo": SMALL_RUN, "compare": SMALL_RUN, "train": SMALL_RUN,
          "pretrain-mem": SMALL_RUN + ["--steps", "5"]}
 SMALL_RQVAE = ["--steps", "20"]
-SMALL_USERS = 100  # users kept of each dataset
+SMALL_USERS = 50  # users kept of each dataset
 USER_FILES = {
     "log.csv": "uid,iid,ts\n" + "".join(f"u{u},i{(u + k) % 6},{k}\n" for u in range(5)
                                          for k in range(4)),
@@ -137,10 +137,66 @@ def _scratch(root: Path) -> Path:
     return work
 
 
+OUTPUT_FLAGS = ("--workdir", "--out")
+
+
+def dependencies(todo: list[str]) -> list[set[int]]:
+    """For each command, the earlier commands it needs: those whose ``--workdir`` / ``--out``
+    path it names (as a word, a ``KEY=PATH`` value, or a path below it) or writes too."""
+    outputs, needs = [], []
+    for command in todo:
+        argv = shlex.split(command)
+        mine = {argv[i + 1] for i, a in enumerate(argv[:-1]) if a in OUTPUT_FLAGS}
+        words = {part for a in argv for part in a.split("=")}
+        needs.append({i for i, theirs in enumerate(outputs)
+                      if theirs & mine or any(w == o or w.startswith(o + "/")
+                                              for w in words for o in theirs)})
+        outputs.append(mine)
+    return needs
+
+
+def run_all(todo: list[str], work: Path, parallel: int) -> int:
+    """Runs ``todo`` in ``work``, up to ``parallel`` at a time, each after the commands it needs
+    (:func:`dependencies`), in README order otherwise; stops at the first failure."""
+    needs, done, running, failed = dependencies(todo), set(), {}, None
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    while len(done) < len(todo) and failed is None:
+        for i, command in enumerate(todo):
+            if len(running) < parallel and i not in done and i not in running \
+                    and needs[i] <= done:
+                log = tempfile.TemporaryFile("w+")
+                running[i] = (subprocess.Popen(small(command), cwd=work, stdout=log,
+                                               stderr=subprocess.STDOUT, text=True, env=env),
+                              log, time.perf_counter())
+        time.sleep(0.2)
+        for i, (proc, log, t0) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[i]
+            if proc.returncode != 0:
+                log.seek(0)
+                print(f"README command failed (exit {proc.returncode}): {todo[i]}\n"
+                      f"{log.read()[-4000:]}", file=sys.stderr)
+                failed = i
+            else:
+                done.add(i)
+                print(f"ok {time.perf_counter() - t0:5.1f} s  {todo[i]}", flush=True)
+            log.close()
+        if not running and failed is None and len(done) < len(todo) and \
+                not any(needs[i] <= done for i in range(len(todo)) if i not in done):
+            raise SystemExit("README commands: a dependency cycle")  # cannot happen: needs < i
+    for proc, log, _ in running.values():
+        proc.wait()
+        log.close()
+    return 1 if failed is not None else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--install-line", action="store_true")
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--parallel", type=int, default=2,
+                        help="commands run at once (default 2: XLA compiles on one core)")
     args = parser.parse_args()
     text = (REPO / "README.md").read_text(encoding="utf-8")
     if args.install_line:
@@ -148,22 +204,15 @@ def main() -> int:
         return 0
     todo = commands(text)
     if args.list:
-        print("\n".join(shlex.join(small(c)) for c in todo))
+        for command, need in zip(todo, dependencies(todo)):
+            print(shlex.join(small(command)) + (f"   # after {sorted(need)}" if need else ""))
         return 0
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="readme-") as tmp:
-        work = _scratch(Path(tmp))
-        for command in todo:
-            t0 = time.perf_counter()
-            done = subprocess.run(small(command), cwd=work, capture_output=True, text=True,
-                                  timeout=600, env={**os.environ, "MPLBACKEND": "Agg"})
-            if done.returncode != 0:
-                print(f"README command failed (exit {done.returncode}): {command}\n"
-                      f"{(done.stdout + done.stderr)[-4000:]}", file=sys.stderr)
-                return 1
-            print(f"ok {time.perf_counter() - t0:5.1f} s  {command}", flush=True)
-    print(f"{len(todo)} README commands ran in {time.perf_counter() - start:.0f} s")
-    return 0
+        code = run_all(todo, _scratch(Path(tmp)), args.parallel)
+    if code == 0:
+        print(f"{len(todo)} README commands ran in {time.perf_counter() - start:.0f} s")
+    return code
 
 
 if __name__ == "__main__":

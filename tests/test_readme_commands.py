@@ -60,3 +60,11 @@ def test_the_readme_install_line_names_the_all_extra_and_it_covers_text_and_parq
     extras = {name: set(cfg["options.extras_require"][name].split()) for name in
               ("all", "dev", "text", "parquet")}
     assert extras["dev"] | extras["text"] | extras["parquet"] <= extras["all"]
+
+
+def test_a_command_waits_for_the_commands_whose_folders_it_uses():
+    todo = ["sidjax train --workdir runs/pm", "sidjax pretrain-mem --workdir runs/pm-pre",
+            "sidjax eval --workdir runs/pm", "sidjax prepare --path x --out data/ml",
+            "sidjax train --set data.source=data/ml --workdir runs/ml",
+            "sidjax train --workdir runs/pm-init --prefixmem-init runs/pm-pre/saved"]
+    assert readme.dependencies(todo) == [set(), set(), {0}, set(), {3}, {1}]
