@@ -32,7 +32,7 @@ def sid_codes(train: list[np.ndarray], num_items: int, cfg, how: str, seed: int 
     """``(codes [items, levels + 1], codes_per_level)``: random, or built from collab vectors."""
     if how == "build":
         from sidjax.data.embed import collaborative_item_vectors
-        from sidjax.sid.table import build_sid_table
+        from sidjax.sid.build import build_sid_table
 
         vecs = collaborative_item_vectors(train, num_items)
         table, _ = build_sid_table(vecs, [str(i) for i in range(num_items)], levels=cfg.sid.levels,

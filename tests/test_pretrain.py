@@ -16,7 +16,7 @@ from sidjax.data.synthetic import synthetic_catalog
 from sidjax.nn import prefixmem as pm
 from sidjax.nn import pretrain as pt
 from sidjax.parallel import MeshConfig, make_mesh
-from sidjax.sid.table import build_sid_table
+from sidjax.sid.build import build_sid_table
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
+from sidjax.sid.build import build_sid_table
 from sidjax.sid.rqkmeans import encode_rqkmeans, fit_rqkmeans, kmeans
 from sidjax.sid.table import (
     SIDTable,
     add_collision_level,
-    build_sid_table,
     load_sid_table,
     save_sid_table,
 )

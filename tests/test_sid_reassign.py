@@ -3,9 +3,10 @@ import itertools
 import numpy as np
 import pytest
 
+from sidjax.sid.build import build_sid_table
 from sidjax.sid.diagnostics import collision_stats, level_stats, sid_diagnostics
 from sidjax.sid.reassign import reassign_collisions, split_full_prefixes
-from sidjax.sid.table import build_sid_table, sid_to_items
+from sidjax.sid.table import sid_to_items
 
 
 def _case(seed, n=150, k=8):

@@ -801,7 +801,7 @@ def load_dataset(path: str | Path, fmt: str = "auto", **kw: Any) -> InteractionD
     """Reads ``path`` with the reader for ``fmt`` (``"auto"``: :func:`detect_format`).
 
     A folder written by ``sidjax prepare`` (``dataset.json`` of format ``sidjax-prepared``) is read
-    with :func:`sidjax.data.prepare.load_prepared` when ``fmt`` is ``"auto"`` or ``"prepared"``.
+    with :func:`sidjax.data.prepared.load_prepared` when ``fmt`` is ``"auto"`` or ``"prepared"``.
 
     ``kw`` go to the reader: ``read_movielens``, ``read_p5``, ``read_lcrec`` or ``read_table``
     (which needs ``user_col``, ``item_col`` and ``time_col``, and takes ``encoding``, default
@@ -813,7 +813,7 @@ def load_dataset(path: str | Path, fmt: str = "auto", **kw: Any) -> InteractionD
         "lcrec": read_lcrec,
         "table": read_table,
     }
-    from sidjax.data.prepare import is_prepared, load_prepared
+    from sidjax.data.prepared import is_prepared, load_prepared
 
     if fmt == "prepared" or (fmt == "auto" and is_prepared(path)):
         return load_prepared(path, **kw)

@@ -102,18 +102,16 @@ def resolve(model_cfg: ModelConfig, codes_per_level: tuple[int, ...], *, mesh=No
     """The :class:`ItemMemSpec` of ``model_cfg.item_memory`` for a SID table's code counts.
 
     Sizes left at 0 take PrefixMem's (``model_cfg.prefixmem`` with ``codes_per_level`` and
-    ``d_model`` filled in, as :func:`sidjax.nn.model.resolve_prefixmem`). With ``mesh`` the
+    ``d_model`` filled in, as :func:`sidjax.nn.prefixmem.resolve_prefixmem`). With ``mesh`` the
     PrefixMem rows are padded for it first (:func:`prefixmem.for_mesh`, so the two stay equal
     under the same mesh) and explicit rows are rounded up to a multiple of the row-shard axis.
     Raises ``ValueError`` naming the key of a size that cannot work.
     """
-    from sidjax.nn.model import resolve_prefixmem  # model.py imports this module
-
     im = model_cfg.item_memory
     if im.rows < 0 or im.heads < 0:
         raise ValueError(f"model.item_memory.rows={im.rows} and model.item_memory.heads="
                          f"{im.heads} must be >= 0 (0 = PrefixMem's)")
-    pm = resolve_prefixmem(model_cfg, codes_per_level)
+    pm = prefixmem.resolve_prefixmem(model_cfg, codes_per_level)
     if mesh is not None:
         pm = prefixmem.for_mesh(pm, mesh, rules)
     lay = prefixmem.layout(pm)  # also validates mem_dim, d_model, param_dtype, ...

@@ -13,7 +13,6 @@ embeddings instead. The decoder is any family of :mod:`sidjax.nn.families` (defa
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 
@@ -21,16 +20,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sidjax.config import ModelConfig, PrefixMemConfig
+from sidjax.config import ModelConfig
 from sidjax.data.pipeline import SIDVocab
 from sidjax.nn import families, itemmem, prefixmem
-
-
-def resolve_prefixmem(cfg: ModelConfig, codes_per_level: tuple[int, ...]) -> PrefixMemConfig:
-    """The PrefixMem config with the SID code counts and ``d_model`` filled in."""
-    pm = cfg.prefixmem
-    return dataclasses.replace(pm, codes_per_level=tuple(codes_per_level),
-                               d_model=pm.d_model or cfg.d_model)
+from sidjax.nn.prefixmem import resolve_prefixmem  # noqa: F401 - also public here
 
 
 def positions_from_valid(valid: jax.Array, start: jax.Array | int = 0) -> jax.Array:

@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sidjax.config import PrefixMemConfig
+from sidjax.config import ModelConfig, PrefixMemConfig
 
 FUSIONS = ("concat", "sum")
 
@@ -433,3 +433,10 @@ def memory_report(cfg: PrefixMemConfig, mesh_shape, *, rules=None,
         "optimizer_bytes_per_device": optimizer,
         "total_bytes_per_device": table_dev + proj_elems * 4 + optimizer,
     }
+
+
+def resolve_prefixmem(cfg: ModelConfig, codes_per_level: tuple[int, ...]) -> PrefixMemConfig:
+    """The PrefixMem config of model ``cfg`` with the SID code counts and ``d_model`` filled in."""
+    pm = cfg.prefixmem
+    return dataclasses.replace(pm, codes_per_level=tuple(codes_per_level),
+                               d_model=pm.d_model or cfg.d_model)

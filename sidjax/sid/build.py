@@ -154,3 +154,24 @@ def build_from_settings(vectors, item_ids, sid) -> SIDBuild:
         raise ValueError(f"sid config (sid.levels={sid.levels}, sid.codes={sid.codes}, "
                          f"sid.codes_per_level={tuple(sid.codes_per_level)}): {err}") from err
     return build(vectors, item_ids, cfg, reassign=sid.reassign, split_prefixes=sid.split_prefixes)
+
+
+def build_sid_table(vectors: np.ndarray, item_ids: list[str], *, levels: int,
+                    codes: int | tuple[int, ...], iters: int = 25, seed: int = 0,
+                    reassign: bool = False, method: str = "rqkmeans",
+                    **options) -> tuple[SIDTable, dict]:
+    """Unique SIDs of ``vectors`` (see :func:`sidjax.sid.build.build`). Returns the table and the
+    diagnostics.
+
+    By default residual k-means codes get an extra collision level numbering the items sharing a
+    SID. With ``reassign=True`` colliding items move to free last-level codes of their prefix
+    (:mod:`sidjax.sid.reassign`) and the extra level is added only if some prefix has no free codes.
+    ``options`` are other fields of :class:`~sidjax.sid.rqkmeans.RQKMeansConfig` (``balanced``,
+    ``slack``, ``batch_size``, ...) or, with ``method="rqvae"``, of
+    :class:`~sidjax.sid.rqvae.RQVAEConfig` (``iters`` is then ignored).
+    """
+    if method == "rqkmeans":
+        options = {"iters": iters, **options}
+    cfg = quantizer_config(method, levels=levels, codes=codes, seed=seed, **options)
+    result = build(vectors, item_ids, cfg, reassign=reassign)
+    return result.table, result.diagnostics

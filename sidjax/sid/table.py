@@ -81,29 +81,6 @@ def sid_to_items(codes: np.ndarray) -> dict[tuple[int, ...], list[int]]:
     return out
 
 
-def build_sid_table(vectors: np.ndarray, item_ids: list[str], *, levels: int,
-                    codes: int | tuple[int, ...], iters: int = 25, seed: int = 0,
-                    reassign: bool = False, method: str = "rqkmeans",
-                    **options) -> tuple[SIDTable, dict]:
-    """Unique SIDs of ``vectors`` (see :func:`sidjax.sid.build.build`). Returns the table and the
-    diagnostics.
-
-    By default residual k-means codes get an extra collision level numbering the items sharing a
-    SID. With ``reassign=True`` colliding items move to free last-level codes of their prefix
-    (:mod:`sidjax.sid.reassign`) and the extra level is added only if some prefix has no free codes.
-    ``options`` are other fields of :class:`~sidjax.sid.rqkmeans.RQKMeansConfig` (``balanced``,
-    ``slack``, ``batch_size``, ...) or, with ``method="rqvae"``, of
-    :class:`~sidjax.sid.rqvae.RQVAEConfig` (``iters`` is then ignored).
-    """
-    from sidjax.sid.build import build, quantizer_config
-
-    if method == "rqkmeans":
-        options = {"iters": iters, **options}
-    cfg = quantizer_config(method, levels=levels, codes=codes, seed=seed, **options)
-    result = build(vectors, item_ids, cfg, reassign=reassign)
-    return result.table, result.diagnostics
-
-
 def save_sid_table(table: SIDTable, path: Path) -> None:
     """Writes the table as ``.npz`` atomically (temporary file, then rename)."""
     path = Path(path)

@@ -1,0 +1,104 @@
+"""The package's imports flow one way: config -> text -> data -> sid -> nn / parallel -> train ->
+decode -> eval -> experiment -> cli (every `sidjax` import, at any depth, read with `ast`).
+
+``KNOWN`` lists the imports against the flow and the circles still on main, to be removed by the
+layout refactor (issue 16); a new one fails, and so does a listed one that is gone (delete its line).
+"""
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "sidjax"
+ROOMS = {"config": 0, "console": 0, "text": 1, "data": 2, "sid": 3, "nn": 4, "parallel": 4,
+         "train": 5, "decode": 6, "eval": 7, "experiment": 8, "cli": 9}
+KNOWN_UPWARD = {
+    ("sidjax.config", "sidjax.nn.families"),  # decoder-family presets; they move into config
+    ("sidjax.nn.pretrain", "sidjax.experiment"),  # the pretrain-mem command; it moves to cli/run
+    ("sidjax.text.vocab", "sidjax.data.pipeline"),  # SIDVocab / TextPrompt; they move to tokens/
+}
+KNOWN_CIRCLES = {
+    frozenset({"sidjax.config", "sidjax.nn.families"}),
+    frozenset({"sidjax.experiment", "sidjax.nn.pretrain"}),
+}
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """``{module: sidjax modules it imports}``; ``from sidjax.x import y`` counts as module
+    ``sidjax.x.y`` when that is a module, else ``sidjax.x``."""
+    modules = {_module(p): p for p in PACKAGE.rglob("*.py")}
+
+    def known(name: str) -> str:
+        while name not in modules:
+            name = name.rpartition(".")[0]
+        return name
+
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and \
+                    (node.module or "").split(".")[0] == "sidjax":
+                found |= {known(f"{node.module}.{a.name}") for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {known(a.name) for a in node.names if a.name.split(".")[0] == "sidjax"}
+        graph[name] = found - {name, "sidjax"}
+    return graph
+
+
+def _room(module: str) -> str:
+    return module.split(".")[1] if "." in module else module
+
+
+def upward_imports(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """Imports of a module from a room later in the flow than its own."""
+    return {(a, b) for a, targets in graph.items() for b in targets
+            if ROOMS.get(_room(b), -1) > ROOMS.get(_room(a), 99)}
+
+
+def circles(graph: dict[str, set[str]]) -> set[frozenset[str]]:
+    """The import circles: strongly connected sets of two or more modules (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), set()
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = set()
+            while v not in group:
+                w = stack.pop()
+                on_stack.discard(w)
+                group.add(w)
+            if len(group) > 1:
+                found.add(frozenset(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_new_import_against_the_flow():
+    assert upward_imports(import_graph()) == KNOWN_UPWARD
+
+
+def test_no_new_import_circle():
+    assert circles(import_graph()) == KNOWN_CIRCLES
+
+
+def test_the_checks_see_a_circle_and_an_upward_import():
+    graph = {"sidjax.data.a": {"sidjax.train.b"}, "sidjax.train.b": {"sidjax.data.a"},
+             "sidjax.eval.c": set()}
+    assert circles(graph) == {frozenset({"sidjax.data.a", "sidjax.train.b"})}
+    assert upward_imports(graph) == {("sidjax.data.a", "sidjax.train.b")}
