@@ -13,12 +13,10 @@ ROOMS = {"config": 0, "console": 0, "text": 1, "data": 2, "sid": 3, "nn": 4, "pa
          "train": 5, "decode": 6, "eval": 7, "experiment": 8, "cli": 9}
 KNOWN_UPWARD = {
     ("sidjax.config", "sidjax.nn.families"),  # decoder-family presets; they move into config
-    ("sidjax.nn.pretrain", "sidjax.experiment"),  # the pretrain-mem command; it moves to cli/run
     ("sidjax.text.vocab", "sidjax.data.pipeline"),  # SIDVocab / TextPrompt; they move to tokens/
 }
 KNOWN_CIRCLES = {
     frozenset({"sidjax.config", "sidjax.nn.families"}),
-    frozenset({"sidjax.experiment", "sidjax.nn.pretrain"}),
 }
 
 

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sidjax.cli import pretrain as pretrain_cli
 from sidjax.config import PrefixMemConfig
 from sidjax.data.split import item_counts, leave_one_out
 from sidjax.data.synthetic import synthetic_catalog
@@ -96,19 +97,19 @@ def test_bad_inputs_are_named(catalog):
 
 def test_cli_parser_and_run(tmp_path):
     parser = argparse.ArgumentParser()
-    pt.add_pretrain_parser(parser.add_subparsers(dest="command"))
+    pretrain_cli.add_pretrain_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["pretrain-mem", "--config", "tiny", "--workdir", str(tmp_path),
                               "--steps", "4", "--batch-size", "32", "--quiet",
                               "--set", "data.num_items=150", "--set", "data.num_users=120",
                               "--set", "sid.kmeans_iters=3", "--set", "sid.codes=8"])
-    assert pt.run_pretrain(args) == 0
+    assert pretrain_cli.run_pretrain(args) == 0
     params, cfg = pt.load_pretrained(tmp_path / "prefixmem_pretrained")
     assert cfg.enabled and cfg.d_model == 64 and params["table"].shape[1] == cfg.mem_dim
     lines = (tmp_path / "pretrain_metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 4
     bad = parser.parse_args(["pretrain-mem", "--config", "tiny", "--workdir", str(tmp_path),
                              "--set", "model.nope=1", "--quiet"])
-    assert pt.run_pretrain(bad) == 2
+    assert pretrain_cli.run_pretrain(bad) == 2
 
 
 @pytest.mark.parametrize("contrastive", [False, True])

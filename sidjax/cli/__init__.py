@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sidjax.data.prepare import add_prepare_parser
 
     add_prepare_parser(sub)
-    from sidjax.nn.pretrain import add_pretrain_parser
+    from sidjax.cli.pretrain import add_pretrain_parser
 
     add_pretrain_parser(sub)
     from sidjax.sid.commands import add_sids_parser
@@ -237,7 +237,7 @@ def _run(args) -> int:
 
         return run_prepare(args)
     if args.command == "pretrain-mem":
-        from sidjax.nn.pretrain import run_pretrain
+        from sidjax.cli.pretrain import run_pretrain
 
         return run_pretrain(args)
     if args.command == "sids":
@@ -348,7 +348,3 @@ def main(argv: list[str] | None = None) -> int:
         if not is_user_error(err):
             raise
         return report_error(err, command)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
