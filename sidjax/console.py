@@ -66,6 +66,21 @@ def positive_float(text: str) -> float:
     return value
 
 
+def add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    """``--config`` (required unless ``default``) and repeatable ``--set KEY=VALUE``."""
+    p.add_argument("--config", default=default, required=default is None,
+                   help="a preset name (demo, tiny) or a configs/*.py file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set model.d_model=128 (repeatable)")
+
+
+def config_from_args(args: argparse.Namespace) -> config_lib.Config:
+    """The ``--config`` preset or file with the ``--set`` overrides, validated
+    (:func:`sidjax.config.validate`) before any work."""
+    return config_lib.validate(
+        config_lib.apply_overrides(config_lib.load_config(args.config), args.set or []))
+
+
 def _text_model_alternative(command: str) -> str:
     if command == "prepare":
         return "or pass --vectors collab, which needs no text model"

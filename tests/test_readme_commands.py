@@ -45,6 +45,7 @@ def test_commands_are_read_as_a_user_would_type_them():
     ("sidjax train --config demo --workdir w", readme.SMALL_RUN),
     ("sidjax sids build --data synthetic --method rqvae --out s", readme.SMALL_RQVAE),
     ("sidjax sids build --data synthetic --method rqkmeans --out s", []),
+    ("sidjax sids build --data synthetic --out s", []),  # the default method, rqkmeans
     ("sidjax eval --workdir w", []),
 ])
 def test_only_training_gets_small_inputs(command, tail):

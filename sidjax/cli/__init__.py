@@ -20,7 +20,9 @@ from sidjax.console import (  # noqa: F401 - re-exported: tests and callers use 
     _line_progress,
     _Parser,
     _progress_factory,
+    add_config_args,
     at_least,
+    config_from_args,
     console_log,
     describe_error,
     is_user_error,
@@ -69,20 +71,6 @@ def _tqdm_write(text: str) -> None:
     tqdm.write(text, file=sys.stderr)
 
 
-def _config(args) -> config_lib.Config:
-    """The ``--config`` preset or file with the ``--set`` overrides, validated
-    (:func:`sidjax.config.validate`) before any work."""
-    return config_lib.validate(
-        config_lib.apply_overrides(config_lib.load_config(args.config), args.set or []))
-
-
-def _add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
-    p.add_argument("--config", default=default, required=default is None,
-                   help="a preset name (demo, tiny) or a configs/*.py file")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set model.d_model=128 (repeatable)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `sidjax` command."""
     parser = _Parser(prog="sidjax", description=DESCRIPTION, epilog=ERROR_STYLE,
@@ -98,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, default_config, workdir in (("demo", "demo", "runs/demo"),
                                           ("compare", None, None)):
         p = sub.add_parser(name, help=helps[name], description=helps[name])
-        _add_config_args(p, default_config)
+        add_config_args(p, default_config)
         p.add_argument("--workdir", default=workdir, required=workdir is None)
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         p.add_argument("--seeds", type=at_least(1), default=1, metavar="N",
@@ -117,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "the costliest one at train.steps (SID models only)")
     p = sub.add_parser("train", help="train one model (PrefixMem on or off by "
                        "model.prefixmem.enabled) in --workdir; resumes from its latest checkpoint")
-    _add_config_args(p, None)
+    add_config_args(p, None)
     p.add_argument("--workdir", required=True)
     p.add_argument("--prefixmem-init", metavar="PATH",
                    help="start PrefixMem from a `sidjax pretrain-mem` checkpoint "
@@ -251,7 +239,7 @@ def _run(args) -> int:
         write=_tqdm_write if interactive else None)
     progress = _progress_factory(args.quiet, interactive)
     if args.command in ("demo", "compare"):
-        cfg = _config(args)
+        cfg = config_from_args(args)
         models = _compare_models(args)
         for overrides in models.values():  # every model's own config, before any work
             config_lib.validate(config_lib.apply_overrides(cfg, list(overrides)))
@@ -264,7 +252,7 @@ def _run(args) -> int:
         from sidjax.train.distributed import maybe_initialize
 
         maybe_initialize()
-        cfg = _config(args)
+        cfg = config_from_args(args)
         if args.prefixmem_init:
             cfg = config_lib.override(cfg, "train.prefixmem_init",
                                       str(Path(args.prefixmem_init).absolute()))

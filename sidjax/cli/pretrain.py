@@ -10,6 +10,15 @@ import os
 import sys
 from pathlib import Path
 
+from sidjax.console import (
+    USER_ERRORS,
+    add_config_args,
+    at_least,
+    config_from_args,
+    is_user_error,
+    positive_float,
+    report_error,
+)
 from sidjax.nn import prefixmem as pm
 from sidjax.nn.pretrain import pretrain, pretrain_flops, save_pretrained
 
@@ -18,13 +27,9 @@ def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
     """Adds the ``pretrain-mem`` command to an ``argparse`` subparsers object."""
     p = subparsers.add_parser(
         "pretrain-mem", help="pre-train PrefixMem alone (next code, content, co-engagement)")
-    p.add_argument("--config", required=True, help="a preset name (demo, tiny) or configs/*.py")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config value (repeatable)")
+    add_config_args(p, None)
     p.add_argument("--workdir", required=True,
                    help="run folder; writes prefixmem_pretrained/ and pretrain_metrics.jsonl")
-    from sidjax.console import at_least, positive_float
-
     p.add_argument("--steps", type=at_least(1), default=500, help="Adam steps (default 500)")
     p.add_argument("--lr", type=positive_float, default=3e-3, help="learning rate (default 3e-3)")
     p.add_argument("--batch-size", type=at_least(1), default=256,
@@ -42,19 +47,15 @@ def run_pretrain(args) -> int:
     Returns the exit code: 0, or 2 after an error of ordinary use (a bad config key or value, a
     missing file; printed as one line by :func:`sidjax.cli.report_error`).
     """
-    from sidjax import config as config_lib
     from sidjax import experiment
-    from sidjax.console import USER_ERRORS, is_user_error, report_error
-    from sidjax.nn.model import resolve_prefixmem
 
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     try:
-        cfg = config_lib.validate(
-            config_lib.apply_overrides(config_lib.load_config(args.config), args.set or []))
+        cfg = config_from_args(args)
         workdir = Path(args.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         prep = experiment.prepare(cfg, workdir, log)
-        pm_cfg = dataclasses.replace(resolve_prefixmem(cfg.model, prep.sids.codes_per_level),
+        pm_cfg = dataclasses.replace(pm.resolve_prefixmem(cfg.model, prep.sids.codes_per_level),
                                      enabled=True)
         vectors = experiment.item_vectors(prep.data, prep.split, log, cfg.data.item_vectors)
         log(f"pre-training PrefixMem ({pm.param_count(pm_cfg):,} params) for {args.steps} steps")

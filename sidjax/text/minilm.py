@@ -310,9 +310,10 @@ def encode_texts(
     order = np.argsort([len(t) for t in ids], kind="stable")
     out = np.zeros((len(ids), config.hidden_size), np.float32)
     starts = range(0, len(ids), batch_size)
-    update = progress("MiniLM", len(starts), unit="batch") if callable(progress) else None
-    batches = starts if callable(progress) else tqdm(starts, desc="MiniLM", unit="batch",
-                                                      disable=not progress)
+    if callable(progress):
+        update, batches = progress("MiniLM", len(starts), unit="batch"), starts
+    else:
+        update, batches = None, tqdm(starts, desc="MiniLM", unit="batch", disable=not progress)
     for start in batches:
         rows = order[start : start + batch_size]
         length = _bucket(max(len(ids[r]) for r in rows), max_length)
