@@ -148,7 +148,7 @@ def prepare(cfg: Config, workdir: Path | None = None, log: Log = print,
             save_sid_table(sids, sid_path)
             _write_json(sid_path.with_name("sid_diagnostics.json"),
                         {**diagnostics, "vectors_sha256": built.vectors_sha256})
-    from sidjax.text.vocab import run_prompt
+    from sidjax.tokens import run_prompt
 
     vocab, prompt = run_prompt(cfg.data, data.item_text, sids.codes_per_level, workdir, log) or (
         SIDVocab(sids.codes_per_level), None)

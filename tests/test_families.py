@@ -10,10 +10,10 @@ from flax import nnx
 
 from sidjax import config as C
 from sidjax.config import ModelConfig
-from sidjax.data.pipeline import SIDVocab
 from sidjax.nn import families
 from sidjax.nn.decoder import Block
 from sidjax.nn.model import SIDRecommender
+from sidjax.tokens import SIDVocab
 from sidjax.train.partition import param_logical_axes
 
 
@@ -152,3 +152,10 @@ def test_block_matches_numpy_reference(name):
     ref = _np_block(x[0].astype(np.float64), params, style, positions[0], cfg.rope_base)
     assert ("b_q" in params["attn"]) == (name == "qwen2-tiny")
     np.testing.assert_allclose(np.asarray(y[0]), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_the_config_names_exactly_the_activations_the_decoder_implements():
+    from sidjax.config.presets import ACTIVATIONS as NAMES
+    from sidjax.nn.decoder import ACTIVATIONS
+
+    assert set(NAMES) == set(ACTIVATIONS)

@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sidjax.data.pipeline import SIDVocab
 from sidjax.nn.losses import smoothed_nll
 from sidjax.nn.sasrec import item_loss
+from sidjax.tokens import SIDVocab
 from sidjax.train.loop import sid_loss
 
 

@@ -22,7 +22,7 @@ from sidjax.data.pipeline import (
 from sidjax.decode.beam import recommend
 from sidjax.nn.model import SIDRecommender
 from sidjax.sid.trie import build_trie
-from sidjax.text.vocab import TextSIDVocab, load_or_train
+from sidjax.tokens import TextSIDVocab, load_or_train
 from sidjax.train.loop import sid_loss, token_levels, train
 
 COLORS = ("red", "blue", "green", "black")

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sidjax.data.pipeline import SIDVocab
 from sidjax.sid.trie import SIDTrie
+from sidjax.tokens import SIDVocab
 
 NEG = -1e30
 

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sidjax.data.pipeline import SIDVocab
 from sidjax.decode.beam import level_log_probs
+from sidjax.tokens import SIDVocab
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "vocab"))

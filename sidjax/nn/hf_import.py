@@ -49,10 +49,10 @@ import numpy as np
 from flax import nnx
 
 from sidjax.config import ModelConfig, PrefixMemConfig
-from sidjax.data.pipeline import SIDVocab
 from sidjax.nn import families
 from sidjax.nn import prefixmem as prefixmem_lib
 from sidjax.nn.model import SIDRecommender
+from sidjax.tokens import SIDVocab
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2",
                  "GemmaForCausalLM": "gemma"}

@@ -21,9 +21,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sidjax.config import ModelConfig
-from sidjax.data.pipeline import SIDVocab
 from sidjax.nn import families, itemmem, prefixmem
 from sidjax.nn.prefixmem import resolve_prefixmem  # noqa: F401 - also public here
+from sidjax.tokens import SIDVocab
 
 
 def positions_from_valid(valid: jax.Array, start: jax.Array | int = 0) -> jax.Array:

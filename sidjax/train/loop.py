@@ -18,8 +18,8 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from sidjax.config import TrainConfig
-from sidjax.data.pipeline import SIDVocab
 from sidjax.nn.losses import smoothed_nll
+from sidjax.tokens import SIDVocab
 from sidjax.train import checkpoint
 from sidjax.train.batches import BatchStream
 from sidjax.train.observe import MetricsWriter, format_state_report

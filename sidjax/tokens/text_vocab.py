@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sidjax.data.pipeline import SIDVocab, TextPrompt
+from sidjax.tokens.sid_vocab import SIDVocab, TextPrompt
 
 SID_TOKEN = re.compile(r"<s(\d+)_(\d+)>")
 FORMAT = "sidjax-text-sid-vocab"
