@@ -61,7 +61,7 @@ def pipeline_rate(dataset, steps: int, threads: int) -> tuple[float, float]:
 
 def train_rate(cfg, vocab: SIDVocab, batch: dict, steps: int) -> float:
     """Sequences/s of the jitted train step of ``cfg`` (compile excluded)."""
-    from sidjax.experiment import build_model
+    from sidjax.run import build_model
     from sidjax.train.loop import make_optimizer, make_train_step
 
     graphdef, params = nnx.split(build_model(cfg, vocab))

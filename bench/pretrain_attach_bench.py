@@ -6,7 +6,7 @@
         --pretrained-set train.prefixmem_lr_mult=0.1                              # a variant
 
 On one config (default: the demo preset, ``--set`` overrides both runs) it builds the SIDs once,
-pre-trains PrefixMem alone (``sidjax.nn.pretrain.pretrain``: next code, content alignment and
+pre-trains PrefixMem alone (``sidjax.train.pretrain_mem.pretrain``: next code, content alignment and
 co-engagement losses) and saves it, then trains two PrefixMem models from the same seed for the
 same steps with validation every ``--eval-every`` steps: ``random`` (the usual init) and
 ``pretrained`` (``train.prefixmem_init``; ``--pretrained-set`` adds overrides to that run only,
@@ -31,11 +31,12 @@ import numpy as np
 from flax import nnx
 
 from sidjax import config as config_lib
-from sidjax import experiment as E
+from sidjax import run as E
 from sidjax.eval.compute import tokens_per_step, training_compute
 from sidjax.eval.plots import read_metrics
-from sidjax.nn import pretrain as pt
+from sidjax.nn import prefixmem_io as pmio
 from sidjax.nn.model import resolve_prefixmem
+from sidjax.train import pretrain_mem as pt
 
 
 def steps_to_reach(records: list[dict], metric: str, target: float, mode: str) -> int | None:
@@ -54,10 +55,10 @@ def validation_rows(workdir: Path) -> list[dict]:
 
 def pretrain_once(prep: E.Prepared, out: Path, args, log) -> tuple[Path, dict]:
     """Pre-trains PrefixMem for ``prep`` into ``out`` (reused when it is there for these SIDs)."""
-    if (out / "config.json").is_file() and pt.read_info(out).get("sid_content_hash") == \
+    if (out / "config.json").is_file() and pmio.read_info(out).get("sid_content_hash") == \
             prep.sids.content_hash():
         log(f"reusing the pre-trained PrefixMem {out}")
-        return out, pt.read_info(out)
+        return out, pmio.read_info(out)
     model_cfg = dataclasses.replace(prep.cfg.model, prefixmem=dataclasses.replace(
         prep.cfg.model.prefixmem, enabled=True))
     pm_cfg = resolve_prefixmem(model_cfg, prep.sids.codes_per_level)
@@ -76,11 +77,11 @@ def pretrain_once(prep: E.Prepared, out: Path, args, log) -> tuple[Path, dict]:
             "steps": args.pretrain_steps, "batch_size": args.pretrain_batch,
             "lr": args.pretrain_lr, "contrastive_weight": args.contrastive_weight,
             "align_weight": args.align_weight, "seconds": seconds, "history": history}
-    pt.save_pretrained(params, pm_cfg, out, info=info)
+    pmio.save_pretrained(params, pm_cfg, out, info=info)
     for h in history:
         log("pre-training step {step}: ".format(**h) + " ".join(
             f"{k} {v:.4f}" for k, v in h.items() if k != "step"))
-    return out, pt.read_info(out)
+    return out, pmio.read_info(out)
 
 
 def curves_table(runs: dict[str, list[dict]], metrics: list[str]) -> str:

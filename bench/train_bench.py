@@ -25,9 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from sidjax import config as C
-from sidjax import experiment as E
+from sidjax import run as E
 from sidjax.data.pipeline import train_dataset
-from sidjax.train.loop import init_state, make_train_step, state_report
+from sidjax.train.accounting import state_report
+from sidjax.train.loop import init_state, make_train_step
 
 
 def matmul_peak(n: int = 2048, reps: int = 10) -> float:

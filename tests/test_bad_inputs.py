@@ -174,17 +174,18 @@ def test_an_error_raised_inside_a_library_keeps_its_traceback(tmp_path, monkeypa
     """Only sidjax's own checks are errors of ordinary use: a ValueError from numpy is a bug."""
     import numpy as np
 
-    from sidjax import experiment
+    from sidjax import run
+    from sidjax.run import task
 
     with pytest.raises(ValueError) as own:  # sidjax's own check: an error of ordinary use
-        experiment.item_vectors(None, None, kind="bad")
+        run.item_vectors(None, None, kind="bad")
     assert cli.is_user_error(own.value)
     assert not cli.is_user_error(ValueError("never raised"))
 
     def broken(*_args, **_kwargs):
         np.zeros(3).reshape(2)
 
-    monkeypatch.setattr(experiment, "item_vectors", broken)
+    monkeypatch.setattr(task, "item_vectors", broken)
     with pytest.raises(ValueError, match="reshape"):  # not turned into one line and exit 2
         cli.main(["train", "--config", "tiny", "--workdir", str(tmp_path / "out")])
 
@@ -290,7 +291,7 @@ def test_ctrl_c_saves_a_checkpoint_exits_130_and_resumes(tmp_path):
 def test_signals_save_at_the_next_step_and_handlers_come_back(tmp_path, signum):
     """In-process: SIGTERM raises Preempted (code 0), Ctrl-C Interrupted (code 130), each after
     saving the step at whose boundary it was seen; the previous handlers are back afterwards."""
-    from sidjax import experiment as E
+    from sidjax import run as E
     from sidjax.train.signals import Interrupted, Preempted
 
     cfg = C.apply_overrides(C.tiny(), ["data.num_items=150", "data.num_users=120",

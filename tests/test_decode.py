@@ -219,3 +219,42 @@ def test_packed_row_matches_separate_sequences():
     unmasked = np.asarray(model(*(jnp.asarray(packed[k]) for k in ("tokens", "codes", "levels"))))
     assert not np.allclose(unmasked[:, lengths[0]:lengths[0] + lengths[1]],
                            out[:, lengths[0]:lengths[0] + lengths[1]], atol=1e-3)
+
+
+@pytest.mark.parametrize("inject_layers", [(), (0, 1)])
+def test_cached_prefixmem_decoding_reads_one_position_and_matches_full_forward(
+        inject_layers, monkeypatch):
+    """Each cached step hashes and gathers the new position's PrefixMem rows only ([B, K, S], not
+    a [B, K, depth, S] window), and its logits equal the uncached full forward's to 1e-5."""
+    model, codes, vocab, arrays = _setup(prefixmem=True, inject_layers=inject_layers)
+    read = prefixmem.read_memory
+    shapes = []
+    monkeypatch.setattr(prefixmem, "read_memory",
+                        lambda *a, **kw: shapes.append(kw["rows"].shape) or read(*a, **kw))
+    slots = prefixmem.layout(model.pm_cfg).num_slots
+    beams = np.stack([codes[[5, 7, 9]], codes[[11, 13, 15]], codes[[2, 4, 6]], codes[[1, 3, 8]]])
+    b, k, num_levels = beams.shape
+    t = arrays["tokens"].shape[1]
+    _, history = model.prefill(*(jnp.asarray(arrays[n]) for n in ("tokens", "codes", "levels")))
+    assert shapes.pop() == (b, t, slots)
+    generated = None
+    for depth in range(1, num_levels):
+        window = beams[..., :depth]
+        levels = np.broadcast_to(np.arange(1, depth + 1), window.shape)
+        tokens = vocab.level_offsets[:depth] + window
+        step, generated = model.beam_step(jnp.asarray(tokens), jnp.asarray(window),
+                                          jnp.asarray(levels), history, generated, depth)
+        assert shapes.pop() == (b, k, slots)  # one position per beam
+        full = model(*(jnp.asarray(np.concatenate([np.repeat(arrays[n], k, 0),
+                                                   w.reshape(b * k, depth)], 1))
+                       for n, w in (("tokens", tokens), ("codes", window), ("levels", levels))))
+        np.testing.assert_allclose(np.asarray(step).reshape(b * k, -1),
+                                   np.asarray(full)[:, t - 1 + depth], rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(prefixmem, "read_memory", read)
+    graphdef, state = nnx.split(model)
+    args = (graphdef, state, trie_arrays(build_trie(codes)), arrays["tokens"], arrays["codes"],
+            arrays["levels"])
+    items, scores = beam_search(*args, vocab=vocab, beam=(3, 6, 5))
+    ref_items, ref_scores = beam_search_naive(*args, vocab=vocab, beam=(3, 6, 5))
+    np.testing.assert_array_equal(items, ref_items)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5, atol=1e-5)

@@ -1,13 +1,19 @@
 """The whole path on the tiny preset: SIDs, both models, popularity, run folder, CLI."""
 
+import dataclasses
+import hashlib
 import json
+from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 from conftest import assert_png
+from flax import nnx
 
 from sidjax import cli
 from sidjax import config as C
-from sidjax import experiment as E
+from sidjax import run as E
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +77,48 @@ def test_cli_eval_reproduces_the_saved_metrics(tiny_run, capsys):
     assert not (workdir / "prefixmem" / "eval_test_beam5.json").exists()
     assert cli.main(["eval", "--workdir", str(workdir / "prefixmem"), "--beam-size", "0",
                      "--quiet"]) == 2
+
+
+RECORDED = Path(__file__).parent / "fixtures" / "tiny_run_recorded.json"
+
+
+def parameter_fingerprint(model) -> tuple[str, dict[str, list[float]]]:
+    """sha256 of every parameter's bytes (in path order) and each one's float64 sum and sum of
+    squares, keyed by its path."""
+    leaves = jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
+    digest, sums = hashlib.sha256(), {}
+    for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+        a = np.asarray(leaf)
+        digest.update(a.tobytes())
+        sums[jax.tree_util.keystr(path)] = [float(a.astype(np.float64).sum()),
+                                            float((a.astype(np.float64) ** 2).sum())]
+    return digest.hexdigest(), sums
+
+
+def test_the_tiny_run_reproduces_the_values_recorded_before_the_layout_refactor(tiny_run):
+    """Fixed seed, fixed preset: the metrics and trained parameters equal those recorded on main
+    before the layout refactor (commit 69b6756, by the same run and :func:`parameter_fingerprint`).
+    On the recording machine the parameters are bit-identical (same sha256); another CPU may
+    round differently, so then the test allows float noise, far below what a changed init, RNG
+    stream, data order or loss moves."""
+    workdir, results = tiny_run
+    recorded = json.loads(RECORDED.read_text())
+    for name, metrics in recorded["results"].items():
+        for key, value in metrics.items():
+            assert results[name][key] == pytest.approx(value, abs=2.5e-3), (name, key)
+    prep = E.prepare(C.tiny(), workdir, log=lambda _: None)
+    for name in ("baseline", "prefixmem"):
+        sub_cfg = C.read_config(workdir / name / "config.json")
+        model = E.load_model(dataclasses.replace(prep, cfg=sub_cfg), workdir / name)
+        sha, sums = parameter_fingerprint(model)
+        if sha == recorded[name]["sha256"]:
+            continue  # bit for bit
+        want = recorded[name]["fingerprint"]
+        assert sorted(sums) == sorted(want), name
+        for path, (total, squares) in want.items():
+            assert sums[path][1] == pytest.approx(squares, rel=1e-4), (name, path)
+            assert sums[path][0] == pytest.approx(total, rel=1e-3, abs=1e-3 * squares ** 0.5), \
+                (name, path)
 
 
 def test_cli_help_and_errors(capsys, tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sidjax import cli, experiment
+from sidjax import cli, run
 from sidjax import config as config_lib
 from sidjax.config import ModelConfig
 from sidjax.data.pipeline import SIDVocab, eval_arrays
@@ -125,8 +125,8 @@ def fake_run(monkeypatch, tmp_path):
     are replaced by it."""
     model, prep = _prep()
     monkeypatch.setattr(config_lib, "read_config", lambda path: prep.cfg)
-    monkeypatch.setattr(experiment, "prepare", lambda cfg, workdir, log: prep)
-    monkeypatch.setattr(experiment, "load_model", lambda prep, workdir: model)
+    monkeypatch.setattr(run, "prepare", lambda cfg, workdir, log: prep)
+    monkeypatch.setattr(run, "load_model", lambda prep, workdir: model)
     return tmp_path
 
 

@@ -1,5 +1,5 @@
 """The package's imports flow one way: config -> tokens / text -> data -> sid -> nn / parallel ->
-train -> decode -> eval -> experiment -> cli (every `sidjax` import, at any depth, read with `ast`).
+train -> decode -> eval -> run -> cli (every `sidjax` import, at any depth, read with `ast`).
 
 ``KNOWN`` lists the imports against the flow and the circles still on main, to be removed by the
 layout refactor (issue 16); a new one fails, and so does a listed one that is gone (delete its line).
@@ -10,7 +10,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "sidjax"
 ROOMS = {"config": 0, "console": 0, "files": 0, "tokens": 1, "text": 1, "data": 2, "sid": 3,
-         "nn": 4, "parallel": 4, "train": 5, "decode": 6, "eval": 7, "experiment": 8, "run": 8,
+         "nn": 4, "parallel": 4, "train": 5, "decode": 6, "eval": 7, "run": 8,
          "cli": 9}
 KNOWN_UPWARD: set[tuple[str, str]] = set()
 KNOWN_CIRCLES: set[frozenset[str]] = set()
@@ -96,3 +96,23 @@ def test_the_checks_see_a_circle_and_an_upward_import():
              "sidjax.eval.c": set()}
     assert circles(graph) == {frozenset({"sidjax.data.a", "sidjax.train.b"})}
     assert upward_imports(graph) == {("sidjax.data.a", "sidjax.train.b")}
+
+
+MAX_LINES = 450
+
+
+def test_no_module_is_over_450_lines_without_a_reason_at_its_top():
+    """A longer module says why in its docstring (``Longer than 450 lines because ...``)."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if text.count("\n") > MAX_LINES and "Longer than 450 lines because" not in doc:
+            long.append(f"{path.relative_to(PACKAGE.parent)} ({text.count(chr(10))} lines)")
+    assert not long, "split these modules or state the reason at their top: " + ", ".join(long)
+
+
+def test_every_room_is_in_the_flow():
+    rooms = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
+             if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
+    assert rooms == set(ROOMS)

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from sidjax import config as C
-from sidjax import experiment as E
+from sidjax import run as E
 from sidjax.parallel import MeshConfig, make_mesh
 from sidjax.train.partition import make_partitioner
 

@@ -31,7 +31,7 @@ def _cfg(mesh_data: int) -> C.Config:
 
 def _losses() -> list[float]:
     """Loss of each of the first STEPS steps on a mesh over all (global) devices."""
-    from sidjax import experiment as E
+    from sidjax import run as E
     from sidjax.data.pipeline import train_dataset
     from sidjax.train.loop import init_state, make_train_step
 
@@ -76,7 +76,7 @@ def test_two_processes_match_one_process_with_eight_devices(tmp_path):
 def _train_until_sigterm(index: int, workdir: Path):
     """train_model for 8 steps; process 1 sends itself SIGTERM after step 3. Returns the step
     the run stopped at (None if it was not stopped)."""
-    from sidjax import experiment as E
+    from sidjax import run as E
     from sidjax.train.signals import Preempted
 
     cfg = _cfg(mesh_data=-1)

@@ -136,3 +136,62 @@ def test_param_count_and_flops_helpers():
 def test_bad_config_is_named(bad, message):
     with pytest.raises(ValueError, match=message):
         pm.layout(_cfg(**bad))
+
+
+@pytest.mark.parametrize("orders, fusion", [((1, 2, 3, 4), "concat"), ((2, 4), "sum"), ((1,), "concat")])
+def test_read_memory_of_precomputed_rows_is_identical(orders, fusion):
+    """Keying (parameter-free rows) then lookup gives read_memory(codes, levels) bit for bit."""
+    cfg = _cfg(orders=orders, fusion=fusion)
+    params = pm.init(jax.random.key(3), cfg)
+    rng = np.random.default_rng(4)
+    batch = [sid_layout(rng, 3, cfg.codes_per_level) for _ in range(2)]
+    codes = jnp.asarray(np.stack([b[0] for b in batch]))
+    levels = jnp.asarray(np.stack([b[1] for b in batch]))
+    rows = jax.jit(pm.memory_rows, static_argnums=0)(cfg, codes, levels)  # no params involved
+    direct = np.asarray(pm.read_memory(params, codes, levels, cfg=cfg))
+    np.testing.assert_array_equal(pm.read_memory(params, rows=rows, cfg=cfg), direct)
+    np.testing.assert_array_equal(rows[0], _reference_rows(cfg, batch[0][0], batch[0][1]))
+    with pytest.raises(TypeError, match="not both"):
+        pm.read_memory(params, codes, levels, rows=rows, cfg=cfg)
+    with pytest.raises(TypeError, match="precomputed rows"):
+        pm.read_memory(params, cfg=cfg)
+
+
+def test_step_rows_of_one_position_equal_the_window_rows():
+    """step_rows from the codes before a position (windows shorter and longer than max(orders))
+    equal memory_rows at that position, and reading them equals that position of the full read."""
+    cfg = _cfg()
+    params = pm.init(jax.random.key(5), cfg)
+    rng = np.random.default_rng(6)
+    codes, levels = sid_layout(rng, 3, cfg.codes_per_level)
+    full_rows = np.asarray(pm.memory_rows(cfg, jnp.asarray(codes), jnp.asarray(levels)))
+    full = np.asarray(pm.read_memory(params, jnp.asarray(codes), jnp.asarray(levels), cfg=cfg))
+    for t in range(len(codes)):
+        for width in (1, 2, max(cfg.orders), 6):
+            level = levels[t]
+            if width < level:  # a window must reach back over the item's earlier levels
+                continue
+            window = jnp.asarray(codes[max(0, t + 1 - width):t + 1])
+            rows = pm.step_rows(cfg, window, jnp.asarray(level))
+            np.testing.assert_array_equal(rows, full_rows[t], err_msg=f"t={t} width={width}")
+            np.testing.assert_array_equal(pm.read_memory(params, rows=rows, cfg=cfg), full[t])
+
+
+def test_item_memory_rows_path_is_identical():
+    from sidjax.config import ModelConfig
+    from sidjax.nn import itemmem as im
+
+    cfg = ModelConfig(d_model=16, prefixmem=_cfg(enabled=False))
+    spec = im.resolve(cfg, (6, 5, 4, 3))
+    params = im.init(jax.random.key(7), spec)
+    rng = np.random.default_rng(8)
+    codes, levels = sid_layout(rng, 3, (6, 5, 4, 3))
+    codes, levels = jnp.asarray(codes), jnp.asarray(levels)
+    rows = im.memory_rows(spec, codes, levels)
+    full = np.asarray(im.read_memory(params, codes, levels, cfg=spec))
+    assert np.any(full != 0)
+    np.testing.assert_array_equal(im.read_memory(params, rows=rows, cfg=spec), full)
+    for t in range(4, len(codes)):
+        one = im.read_memory(params, rows=im.step_rows(spec, codes[t - 3:t + 1], levels[t]),
+                             cfg=spec)
+        np.testing.assert_array_equal(one, full[t])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import shared_dataset, write_files
 
+from sidjax.cli import prepare as prepare_cli
 from sidjax.data import prepare
 from sidjax.data.prepare import load_prepared, prepare_dataset, render_texts
 from sidjax.data.sources import load_dataset, read_lcrec
@@ -55,7 +56,7 @@ def test_prepared_folder_round_trip_and_counts(tmp_path):
     assert [s.tolist() for s in stored] == [s.tolist() for s in split.train]
     source = prepare.train_source(out)
     assert [source[u].tolist() for u in range(len(source))] == [s.tolist() for s in split.train]
-    # experiment.load_data -> load_dataset(cfg.data.source) reads the prepared folder as is
+    # run.load_data -> load_dataset(cfg.data.source) reads the prepared folder as is
     again = load_dataset(out)
     assert [s.tolist() for s in again.sequences] == expected
     np.testing.assert_array_equal(again.item_vectors, data.item_vectors)
@@ -131,12 +132,12 @@ def test_generic_csv_through_the_cli(tmp_path, capsys):
         "items.csv": "iid,name\ni0,zero\ni1,one\n",
     })
     parser = argparse.ArgumentParser()
-    prepare.add_prepare_parser(parser.add_subparsers())
+    prepare_cli.add_prepare_parser(parser.add_subparsers())
     args = parser.parse_args(["prepare", "--path", str(src / "log.csv"), "--out",
                               str(tmp_path / "p"), "--user-col", "uid", "--item-col", "iid",
                               "--time-col", "ts", "--items", str(src / "items.csv"),
                               "--text-cols", "name", "--vectors", "collab", "--vector-dim", "4"])
-    assert prepare.run_prepare(args) == 0
+    assert prepare_cli.run_prepare(args) == 0
     assert "4 users, 5 items, 16 interactions" in capsys.readouterr().out
     data = load_prepared(tmp_path / "p")
     assert data.sequences[1].tolist() == [1, 2, 3, 4]
@@ -233,10 +234,10 @@ def test_cli_refuses_to_replace_an_existing_folder(tmp_path, capsys):
     src = _p5(tmp_path / "src", P5_LINES)
     (tmp_path / "p").mkdir()
     parser = argparse.ArgumentParser()
-    prepare.add_prepare_parser(parser.add_subparsers())
+    prepare_cli.add_prepare_parser(parser.add_subparsers())
     args = parser.parse_args(["prepare", "--source", "p5", "--path", str(src), "--out",
                               str(tmp_path / "p"), "--vectors", "collab"])
-    assert prepare.run_prepare(args) == 2
+    assert prepare_cli.run_prepare(args) == 2
     assert "exists; pass overwrite=True (--overwrite)" in capsys.readouterr().err
     assert list((tmp_path / "p").iterdir()) == []
 
@@ -266,8 +267,8 @@ def _tree(root):
 
 def _cli(path, out, *extra):
     parser = argparse.ArgumentParser()
-    prepare.add_prepare_parser(parser.add_subparsers())
-    return prepare.run_prepare(parser.parse_args(
+    prepare_cli.add_prepare_parser(parser.add_subparsers())
+    return prepare_cli.run_prepare(parser.parse_args(
         ["prepare", "--path", str(path), "--out", str(out), "--vectors", "collab",
          "--vector-dim", "4", *extra]))
 

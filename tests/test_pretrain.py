@@ -15,9 +15,10 @@ from sidjax.config import PrefixMemConfig
 from sidjax.data.split import item_counts, leave_one_out
 from sidjax.data.synthetic import synthetic_catalog
 from sidjax.nn import prefixmem as pm
-from sidjax.nn import pretrain as pt
+from sidjax.nn import prefixmem_io as pmio
 from sidjax.parallel import MeshConfig, make_mesh
 from sidjax.sid.build import build_sid_table
+from sidjax.train import pretrain_mem as pt
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +60,18 @@ def test_pretrain_losses_decrease_under_a_mesh(catalog):
 def test_save_load_and_attach_across_widths(catalog, tmp_path):
     cfg, sids, vectors, counts, _ = catalog
     params, _ = pt.pretrain(cfg, sids.codes, vectors, counts, steps=2, batch_size=16)
-    out = pt.save_pretrained(params, cfg, tmp_path / "pm")
-    pt.save_pretrained(params, cfg, tmp_path / "pm")  # overwriting replaces it whole
+    out = pmio.save_pretrained(params, cfg, tmp_path / "pm")
+    pmio.save_pretrained(params, cfg, tmp_path / "pm")  # overwriting replaces it whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pm"]
-    loaded, loaded_cfg = pt.load_pretrained(out)
+    loaded, loaded_cfg = pmio.load_pretrained(out)
     assert loaded_cfg == cfg
     for k in params:
         np.testing.assert_array_equal(np.asarray(loaded[k]), np.asarray(params[k]))
 
-    same = pt.attach(loaded, loaded_cfg, cfg, jax.random.key(5))
+    same = pmio.attach(loaded, loaded_cfg, cfg, jax.random.key(5))
     np.testing.assert_array_equal(np.asarray(same["w_value"]), np.asarray(params["w_value"]))
     wide = dataclasses.replace(cfg, d_model=48, pad_rows_to=16, fusion="sum")
-    attached = pt.attach(loaded, loaded_cfg, wide, jax.random.key(5))
+    attached = pmio.attach(loaded, loaded_cfg, wide, jax.random.key(5))
     ref = pm.init(jax.random.key(0), wide)
     assert jax.tree.map(jnp.shape, attached) == jax.tree.map(jnp.shape, ref)
     used = pm.layout(cfg).tables[-1].offset + pm.layout(cfg).tables[-1].size
@@ -80,10 +81,10 @@ def test_save_load_and_attach_across_widths(catalog, tmp_path):
     levels = jnp.broadcast_to(jnp.arange(1, codes.shape[1] + 1), codes.shape)
     assert pm.apply(attached, codes, levels, cfg=wide).shape == codes.shape + (48,)
     with pytest.raises(ValueError, match="mem_dim: 8 vs 4"):
-        pt.attach(loaded, loaded_cfg, dataclasses.replace(cfg, mem_dim=4), jax.random.key(0))
+        pmio.attach(loaded, loaded_cfg, dataclasses.replace(cfg, mem_dim=4), jax.random.key(0))
     (out / "config.json").write_text(json.dumps({"bogus": 1}))
     with pytest.raises(ValueError, match="unknown PrefixMem config keys"):
-        pt.load_pretrained(out)
+        pmio.load_pretrained(out)
 
 
 def test_bad_inputs_are_named(catalog):
@@ -103,7 +104,7 @@ def test_cli_parser_and_run(tmp_path):
                               "--set", "data.num_items=150", "--set", "data.num_users=120",
                               "--set", "sid.kmeans_iters=3", "--set", "sid.codes=8"])
     assert pretrain_cli.run_pretrain(args) == 0
-    params, cfg = pt.load_pretrained(tmp_path / "prefixmem_pretrained")
+    params, cfg = pmio.load_pretrained(tmp_path / "prefixmem_pretrained")
     assert cfg.enabled and cfg.d_model == 64 and params["table"].shape[1] == cfg.mem_dim
     lines = (tmp_path / "pretrain_metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 4
@@ -150,7 +151,7 @@ def _run_cfg(init="", freeze=0, steps=5):
 
 @pytest.fixture(scope="module")
 def run_prep():
-    from sidjax import experiment as E
+    from sidjax import run as E
 
     return E.prepare(_run_cfg(), None, log=lambda _: None)
 
@@ -169,8 +170,8 @@ def pretrained(run_prep, tmp_path_factory):
     info = {"sid_content_hash": run_prep.sids.content_hash(),
             "pretrain_flops": pt.pretrain_flops(cfg, steps=3, batch_size=32,
                                                 content_dim=vectors.shape[1], contrastive=False)}
-    path = pt.save_pretrained(params, cfg, root / "first", info=info)
-    other = pt.save_pretrained({k: v * 0.5 for k, v in params.items()}, cfg, root / "second",
+    path = pmio.save_pretrained(params, cfg, root / "first", info=info)
+    other = pmio.save_pretrained({k: v * 0.5 for k, v in params.items()}, cfg, root / "second",
                                info=info)
     return params, path, other
 
@@ -184,14 +185,14 @@ def _leaves(model):
 def test_attach_to_a_model_and_refuse_mismatches(run_prep, pretrained, tmp_path):
     import shutil
 
-    from sidjax import experiment as E
+    from sidjax import run as E
 
     params, path, _ = pretrained
     prep = dataclasses.replace(run_prep, cfg=_run_cfg(path))
     model = E.build_model(prep.cfg, prep.vocab)
     random_model = E.build_model(run_prep.cfg, run_prep.vocab)
     fingerprint = E.attach_prefixmem_init(model, prep, tmp_path / "run", log=lambda _: None)
-    assert fingerprint == pt.params_fingerprint(params)
+    assert fingerprint == pmio.params_fingerprint(params)
     used = pm.layout(model.pm_cfg).tables[-1].offset + pm.layout(model.pm_cfg).tables[-1].size
     for k in params:  # same widths: table (rows in use) and projections are the pre-trained ones
         np.testing.assert_array_equal(np.asarray(model.prefixmem[k][...])[:used],
@@ -199,7 +200,7 @@ def test_attach_to_a_model_and_refuse_mismatches(run_prep, pretrained, tmp_path)
     # ... and the decoder is the one a random-init run of the same seed starts from
     np.testing.assert_array_equal(np.asarray(model.embed.embedding[...]),
                                   np.asarray(random_model.embed.embedding[...]))
-    assert pt.recorded_init(tmp_path / "run")["fingerprint"] == fingerprint
+    assert pmio.recorded_init(tmp_path / "run")["fingerprint"] == fingerprint
     plain = E.run_hash(prep.cfg, prep.sids)
     assert len({plain, E.run_hash(prep.cfg, prep.sids, fingerprint),
                 E.run_hash(prep.cfg, prep.sids, "another")}) == 3
@@ -219,11 +220,11 @@ def test_attach_to_a_model_and_refuse_mismatches(run_prep, pretrained, tmp_path)
         with pytest.raises(ValueError, match=message):
             E.attach_prefixmem_init(E.build_model(cfg, prep.vocab), other, tmp_path / "x")
     foreign = Path(shutil.copytree(path, tmp_path / "foreign"))
-    (foreign / pt.INFO_FILE).write_text(json.dumps({"sid_content_hash": "0" * 64}))
+    (foreign / pmio.INFO_FILE).write_text(json.dumps({"sid_content_hash": "0" * 64}))
     other = dataclasses.replace(prep, cfg=_run_cfg(foreign))
     with pytest.raises(ValueError, match="pre-trained on another SID table"):
         E.attach_prefixmem_init(E.build_model(other.cfg, prep.vocab), other, tmp_path / "x")
-    (foreign / pt.INFO_FILE).write_text("{}")
+    (foreign / pmio.INFO_FILE).write_text("{}")
     with pytest.raises(ValueError, match="no sid_content_hash recorded"):
         E.attach_prefixmem_init(E.build_model(other.cfg, prep.vocab), other, tmp_path / "x")
     missing = dataclasses.replace(prep, cfg=_run_cfg(tmp_path / "nothing"))
@@ -240,9 +241,11 @@ def config_override(cfg, key, value):
 def test_freeze_stage_keeps_decoder_and_table_bitwise_then_trains_them(run_prep):
     from flax import nnx
 
-    from sidjax import experiment as E
+    from sidjax import run as E
     from sidjax.data.pipeline import train_dataset
-    from sidjax.train.loop import is_prefixmem_adapter, make_optimizer, make_train_step
+    from sidjax.parallel.axes import is_variable
+    from sidjax.train.loop import make_train_step
+    from sidjax.train.optim import is_prefixmem_adapter, make_optimizer
 
     cfg = config_override(run_prep.cfg, "train.freeze_decoder_steps", "2")
     graphdef, params = nnx.split(E.build_model(cfg, run_prep.vocab))
@@ -251,8 +254,7 @@ def test_freeze_stage_keeps_decoder_and_table_bitwise_then_trains_them(run_prep)
     data = train_dataset(run_prep.split.train, run_prep.sids.codes, run_prep.vocab,
                          max_history=cfg.data.max_history, batch_size=16, seed=0)
     opt_state, key = tx.init(params), jax.random.key(0)
-    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    adapter = [is_prefixmem_adapter(p) for p in paths]
+    adapter = [is_prefixmem_adapter(v) for v in jax.tree.leaves(params, is_leaf=is_variable)]
     assert sum(adapter) == 4  # w_value, w_key, query_scale, key_scale
 
     def snapshot():
@@ -275,7 +277,7 @@ def test_train_from_init_with_freeze_resumes_exactly_and_refuses_another_init(
     import signal
 
     from sidjax import cli
-    from sidjax import experiment as E
+    from sidjax import run as E
     from sidjax.train.signals import Preempted
 
     _, first, second = pretrained
@@ -289,7 +291,7 @@ def test_train_from_init_with_freeze_resumes_exactly_and_refuses_another_init(
             ("train.freeze_decoder_steps", 3))), [])) == 0
     prep = dataclasses.replace(run_prep, cfg=_run_cfg(first, freeze=3))
     straight = E.load_model(prep, tmp_path / "a", which="latest")
-    assert E.prefixmem_pretrain_flops(prep.cfg, tmp_path / "a") == pt.read_info(first)[
+    assert E.prefixmem_pretrain_flops(prep.cfg, tmp_path / "a") == pmio.read_info(first)[
         "pretrain_flops"]
 
     def sigterm(step, _metrics):

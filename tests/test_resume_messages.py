@@ -9,7 +9,7 @@ import pytest
 
 from sidjax import cli
 from sidjax import config as C
-from sidjax import experiment as E
+from sidjax import run as E
 
 SETTINGS = ("data.num_items=150", "data.num_users=120", "sid.kmeans_iters=3", "sid.codes=8",
             "model.num_layers=1", "train.batch_size=16", "train.warmup_steps=2",

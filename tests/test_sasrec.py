@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from sidjax import config as config_lib
-from sidjax import experiment as E
+from sidjax import run as E
 from sidjax.config import ModelConfig
 from sidjax.data.pipeline import SIDVocab, encode_item_ids, item_training_example, train_dataset
 from sidjax.decode.items import rank_items

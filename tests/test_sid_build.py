@@ -123,7 +123,7 @@ def test_bad_input():
 
 
 def test_prepare_uses_the_run_settings(tmp_path):
-    from sidjax.experiment import prepare
+    from sidjax.run import prepare
 
     cfg = config_lib.apply_overrides(config_lib.tiny(), [
         "sid.codes_per_level=16,16,32", "sid.reassign=true", "sid.kmeans_iters=5"])

@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from sidjax.sid.commands import add_sids_parser, build_sids, inspect_sids, run_sids, vectors_sha256
+from sidjax.cli.sids import add_sids_parser, run_sids
+from sidjax.sid.artifacts import build_sids, inspect_sids, vectors_sha256
 from sidjax.sid.quantizer import load_quantizer
 from sidjax.sid.table import load_sid_table
 from sidjax.sid.trie import load_trie

@@ -313,7 +313,7 @@ def test_p5_keywords_join_by_asin(tmp_path, keywords, message):
 
 def test_item_vectors_choice():
     from sidjax.data.split import leave_one_out
-    from sidjax.experiment import item_vectors
+    from sidjax.run import item_vectors
 
     data = InteractionData("toy", [np.array([0, 1, 2, 1]), np.array([2, 0, 1])], ["a", "b"],
                            ["x", "y", "z"])

@@ -201,7 +201,7 @@ def test_a_run_with_text_prompts_trains_and_recommends(tmp_path):
     import hashlib
 
     from sidjax import config as C
-    from sidjax import experiment as E
+    from sidjax import run as E
     from sidjax.decode.recommend import recommend_for_histories
 
     cfg = C.apply_overrides(C.tiny(), [

@@ -18,8 +18,10 @@ import pytest
 from flax import nnx
 
 from sidjax import config as C
-from sidjax import experiment as E
-from sidjax.train.loop import decay_mask, sid_loss
+from sidjax import run as E
+from sidjax.parallel.axes import TABLE, param
+from sidjax.train.loop import sid_loss
+from sidjax.train.optim import decay_mask
 from sidjax.train.signals import Preempted
 
 
@@ -122,7 +124,8 @@ def test_sid_loss_is_restricted_to_the_target_level(prep):
 
 
 def test_weight_decay_mask_skips_norms_and_the_memory_table():
-    params = {"w": np.zeros((2, 2)), "scale": np.zeros(2), "prefixmem": {"table": np.zeros((4, 2))}}
+    params = {"w": param(np.zeros((2, 2)), ("embed", "mlp")), "scale": param(np.zeros(2), (None,)),
+              "prefixmem": {"table": param(np.zeros((4, 2)), ("table_rows", "mem"), group=TABLE)}}
     assert decay_mask(params) == {"w": True, "scale": False, "prefixmem": {"table": False}}
 
 

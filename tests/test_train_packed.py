@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from sidjax import config as C
-from sidjax import experiment as E
+from sidjax import run as E
 from sidjax.data.pipeline import PAD, encode_items, packed_row, sequence_length
 from sidjax.train.loop import sid_token_nll
 

@@ -9,10 +9,12 @@ import optax
 import pytest
 
 from sidjax import config as C
-from sidjax import experiment as E
+from sidjax import run as E
 from sidjax.data.pipeline import train_dataset
+from sidjax.parallel.axes import TABLE, param
 from sidjax.train import checkpoint
-from sidjax.train.loop import init_state, make_optimizer, make_schedule, make_train_step, param_labels
+from sidjax.train.loop import init_state, make_train_step
+from sidjax.train.optim import make_optimizer, make_schedule, param_labels
 from sidjax.train.partition import make_partitioner, param_logical_axes
 
 
@@ -163,8 +165,10 @@ def test_restore_onto_another_mesh_and_one_device(setup, tmp_path):
 
 
 def test_param_groups_schedules_and_bad_mesh():
-    params = {"w": np.zeros((2, 2), np.float32), "scale": np.zeros(2, np.float32),
-              "prefixmem": {"table": np.ones((4, 2), np.float32)}}
+    params = {"w": param(np.zeros((2, 2), np.float32), ("embed", "mlp")),
+              "scale": param(np.zeros(2, np.float32), (None,)),
+              "prefixmem": {"table": param(np.ones((4, 2), np.float32), ("table_rows", "mem"),
+                                           group=TABLE)}}
     assert param_labels(params) == {"w": "decay", "scale": "no_decay",
                                     "prefixmem": {"table": "table"}}
     cfg = C.TrainConfig(learning_rate=0.1, warmup_steps=4, steps=100, weight_decay=0.5,
@@ -175,7 +179,8 @@ def test_param_groups_schedules_and_bad_mesh():
     for _ in range(3):
         updates, state = tx.update(grads, state, params)
     # Adam's step is ~lr for every group; the table moves 10x and has no decay
-    ratio = float(np.abs(updates["prefixmem"]["table"]).mean() / np.abs(updates["scale"]).mean())
+    ratio = float(np.abs(updates["prefixmem"]["table"][...]).mean()
+                  / np.abs(updates["scale"][...]).mean())
     np.testing.assert_allclose(ratio, 10.0, rtol=1e-3)
     rsqrt = make_schedule(dataclasses.replace(cfg, schedule="rsqrt"))
     np.testing.assert_allclose([rsqrt(2), rsqrt(4), rsqrt(16)], [0.05, 0.1, 0.05], rtol=1e-6)

@@ -17,7 +17,7 @@ from flax import nnx
 
 from sidjax import cli
 from sidjax import config as C
-from sidjax import experiment as E
+from sidjax import run as E
 from sidjax.data.pipeline import train_dataset
 from sidjax.train import checkpoint, observe
 from sidjax.train.batches import BatchStream

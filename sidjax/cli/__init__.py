@@ -1,4 +1,4 @@
-"""The `sidjax` command line: thin wrappers over sidjax.experiment."""
+"""The `sidjax` command line: thin wrappers over :mod:`sidjax.run`."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from sidjax.console import (  # noqa: F401 - re-exported: tests and callers use 
     positive_float,
     report_error,
 )
+from sidjax.files import write_json
 
 DESCRIPTION = "Generative recommendation with Semantic IDs and PrefixMem."
 
@@ -41,8 +42,8 @@ ERROR_STYLE = """errors:
 """
 
 def _compare_models(args) -> dict[str, tuple[str, ...]]:
-    """``--models`` / ``--model-set`` as ``{name: overrides}`` for ``experiment.run_compare``."""
-    from sidjax.experiment import BUILTIN_COMPARE_MODELS
+    """``--models`` / ``--model-set`` as ``{name: overrides}`` for ``run.run_compare``."""
+    from sidjax.run import BUILTIN_COMPARE_MODELS
 
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     extra: dict[str, list[str]] = {}
@@ -116,13 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "rate, batch size, seed, ...) differ from the run's config.json; the "
                         "change is recorded in config_changes.jsonl (train.steps and logging, "
                         "checkpoint, validation and data-feeding settings need no flag)")
-    from sidjax.data.prepare import add_prepare_parser
+    from sidjax.cli.prepare import add_prepare_parser
 
     add_prepare_parser(sub)
     from sidjax.cli.pretrain import add_pretrain_parser
 
     add_pretrain_parser(sub)
-    from sidjax.sid.commands import add_sids_parser
+    from sidjax.cli.sids import add_sids_parser
 
     add_sids_parser(sub)
     p = sub.add_parser(
@@ -181,13 +182,13 @@ def _read_histories(args) -> list[list[str]]:
     return [line.replace(",", " ").split() for line in path.read_text().splitlines()]
 
 
-def _recommend(args, experiment, log, progress=None) -> int:
+def _recommend(args, run, log, progress=None) -> int:
     from sidjax.decode.recommend import format_recommendations, recommend_for_histories
 
     workdir = Path(args.workdir)
     cfg = config_lib.read_config(workdir / "config.json")
-    prep = experiment.prepare(cfg, workdir, log)
-    model = experiment.load_model(prep, workdir)
+    prep = run.prepare(cfg, workdir, log)
+    model = run.load_model(prep, workdir)
     histories = _read_histories(args)
     bar = progress("recommend", len(histories)) \
         if progress and args.users is not None else None
@@ -221,7 +222,7 @@ def _command_name(args) -> str:
 def _run(args) -> int:
     """Runs the parsed command; returns its exit code. Errors propagate to :func:`main`."""
     if args.command == "prepare":
-        from sidjax.data.prepare import run_prepare
+        from sidjax.cli.prepare import run_prepare
 
         return run_prepare(args)
     if args.command == "pretrain-mem":
@@ -229,10 +230,10 @@ def _run(args) -> int:
 
         return run_pretrain(args)
     if args.command == "sids":
-        from sidjax.sid.commands import run_sids
+        from sidjax.cli.sids import run_sids
 
         return run_sids(args)
-    from sidjax import experiment
+    from sidjax import run
 
     interactive = sys.stderr.isatty()  # progress bars with ETA; plain log lines otherwise
     log = (lambda _msg: None) if args.quiet else console_log(
@@ -243,10 +244,10 @@ def _run(args) -> int:
         models = _compare_models(args)
         for overrides in models.values():  # every model's own config, before any work
             config_lib.validate(config_lib.apply_overrides(cfg, list(overrides)))
-        results = experiment.run_compare(cfg, Path(args.workdir), log=log,
+        results = run.run_compare(cfg, Path(args.workdir), log=log,
                                          progress_factory=progress, models=models,
                                          seeds=args.seeds, match_compute=args.match_compute)
-        print(experiment.results_table(results, cfg.eval.top_k))
+        print(run.results_table(results, cfg.eval.top_k))
         print(f"\nrun folder: {args.workdir} (report.md, results.json)")
     elif args.command == "train":
         from sidjax.train.distributed import maybe_initialize
@@ -256,13 +257,13 @@ def _run(args) -> int:
         if args.prefixmem_init:
             cfg = config_lib.override(cfg, "train.prefixmem_init",
                                       str(Path(args.prefixmem_init).absolute()))
-        prep = experiment.prepare(cfg, Path(args.workdir), log, progress)
+        prep = run.prepare(cfg, Path(args.workdir), log, progress)
         import jax
 
         bar = progress(f"train {cfg.name}", cfg.train.steps) \
             if progress and jax.process_index() == 0 else None
         summary: dict = {}
-        experiment.train_model(prep, Path(args.workdir), log=log, progress=bar,
+        run.train_model(prep, Path(args.workdir), log=log, progress=bar,
                                allow_config_change=args.allow_config_change, summary=summary)
         start, end = summary["start"], summary["end"]
         if end == start:
@@ -273,7 +274,7 @@ def _run(args) -> int:
                                                     f"{start})" if start else "")
                   + f"; checkpoints in {args.workdir}/checkpoints")
     elif args.command == "recommend":
-        return _recommend(args, experiment, log, progress)
+        return _recommend(args, run, log, progress)
     elif args.command == "eval":
         workdir = Path(args.workdir)
         cfg = config_lib.read_config(workdir / "config.json")
@@ -283,16 +284,16 @@ def _run(args) -> int:
         out = workdir / ("eval.json" if (args.split, beam) == ("test", cfg.eval.beam_size)
                          else f"eval_{args.split}_beam{beam}.json")
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, beam_size=beam))
-        experiment.check_beam(cfg)
-        prep = experiment.prepare(cfg, workdir, log)
-        model = experiment.load_model(prep, workdir, which=args.checkpoint, log=log)
+        run.check_beam(cfg)
+        prep = run.prepare(cfg, workdir, log)
+        model = run.load_model(prep, workdir, which=args.checkpoint, log=log)
         bar = progress("eval", len(prep.split.eval_set(args.split))) if progress else None
-        result = experiment.evaluate(model, prep, args.split,
+        result = run.evaluate(model, prep, args.split,
                                      progress=(lambda n: bar(n, None)) if bar else None)
-        experiment._write_json(out, result)
+        write_json(out, result)
         log(f"wrote {out}")
-        popularity = experiment.evaluate_popularity(prep, args.split)[0]
-        print(experiment.results_table({cfg.name: result, "popularity": popularity},
+        popularity = run.evaluate_popularity(prep, args.split)[0]
+        print(run.results_table({cfg.name: result, "popularity": popularity},
                                        cfg.eval.top_k))
         print("(popularity: the most popular items; its acc L<l> is the prefix-frequency "
               "prior, the most frequent level-l code under the target's true prefix)")

@@ -1,5 +1,6 @@
-"""``sidjax pretrain-mem``: pre-train PrefixMem alone (:mod:`sidjax.nn.pretrain`) on a run's
-data and SIDs, and save it for ``sidjax train --prefixmem-init``."""
+"""``sidjax pretrain-mem``: pre-train PrefixMem alone (:mod:`sidjax.train.pretrain_mem`) on a
+run's data and SIDs, and save it (:mod:`sidjax.nn.prefixmem_io`) for ``sidjax train
+--prefixmem-init``."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from sidjax.console import (
     report_error,
 )
 from sidjax.nn import prefixmem as pm
-from sidjax.nn.pretrain import pretrain, pretrain_flops, save_pretrained
+from sidjax.nn.prefixmem_io import save_pretrained
+from sidjax.train.pretrain_mem import pretrain, pretrain_flops
 
 
 def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
@@ -42,22 +44,22 @@ def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_pretrain(args) -> int:
-    """Runs ``sidjax pretrain-mem``: data and SIDs via ``experiment.prepare``, then pre-training.
+    """Runs ``sidjax pretrain-mem``: data and SIDs via ``run.prepare``, then pre-training.
 
     Returns the exit code: 0, or 2 after an error of ordinary use (a bad config key or value, a
     missing file; printed as one line by :func:`sidjax.cli.report_error`).
     """
-    from sidjax import experiment
+    from sidjax import run
 
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     try:
         cfg = config_from_args(args)
         workdir = Path(args.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        prep = experiment.prepare(cfg, workdir, log)
+        prep = run.prepare(cfg, workdir, log)
         pm_cfg = dataclasses.replace(pm.resolve_prefixmem(cfg.model, prep.sids.codes_per_level),
                                      enabled=True)
-        vectors = experiment.item_vectors(prep.data, prep.split, log, cfg.data.item_vectors)
+        vectors = run.item_vectors(prep.data, prep.split, log, cfg.data.item_vectors)
         log(f"pre-training PrefixMem ({pm.param_count(pm_cfg):,} params) for {args.steps} steps")
 
         def progress(done, entry):

@@ -41,12 +41,12 @@ from sidjax.config.schema import (
     SIDRQVAEConfig,
     TrainConfig,
 )
-from sidjax.config.validation import beam_problem, validate
+from sidjax.config.validation import beam_problem, check_beam, validate
 
 __all__ = [
     "FAMILIES", "PRESETS", "SIZE_PRESETS", "Config", "ConfigError", "DataConfig", "EvalConfig",
     "ItemMemConfig", "ModelConfig", "PrefixMemConfig", "SIDConfig", "SIDRQVAEConfig",
-    "TrainConfig", "apply_overrides", "apply_preset", "beam_problem", "demo", "from_dict",
+    "TrainConfig", "apply_overrides", "apply_preset", "beam_problem", "check_beam", "demo", "from_dict",
     "load_config", "override", "read_config", "resolve", "save_config", "tiny", "to_dict",
     "valid_keys", "validate",
 ]

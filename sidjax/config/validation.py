@@ -131,3 +131,11 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("; ".join(problems) + " (fix the config file or override with "
                           "--set KEY=VALUE)")
     return cfg
+
+
+def check_beam(cfg: Config) -> None:
+    """Raises unless the beam of a SID model returns at least ``max(eval.top_k)`` items
+    (:func:`beam_problem`)."""
+    problem = beam_problem(cfg)
+    if problem:
+        raise ValueError(problem)

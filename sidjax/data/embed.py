@@ -3,18 +3,21 @@
 Semantic IDs are learnt from one vector per item. When items have text, those come from
 :func:`sidjax.text.encode_texts`; otherwise :func:`collaborative_item_vectors` derives them from
 which items co-occur in the training histories, and :func:`load_item_vectors` reads vectors the user
-made elsewhere.
+made elsewhere. :func:`item_vectors` is the one rule that picks among them (``sidjax prepare``,
+``sidjax sids build`` and the SIDs of a run all use it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import eigsh
 from scipy.special import logsumexp
+
+from sidjax.data.types import InteractionData
 
 # At or below this many items with co-occurrences a dense eigh is exact and fast enough.
 DENSE_EIGH_MAX_ITEMS = 1024
@@ -318,3 +321,95 @@ def load_item_vectors(path: str | Path, item_ids: Sequence, *,
             "as NaN); recompute or replace those rows before loading"
         )
     return vectors.astype(np.float32)
+
+
+ITEM_VECTOR_KINDS = ("auto", "text", "collab")
+
+
+def item_vectors(
+    data: InteractionData,
+    train_sequences: Sequence[np.ndarray] | Callable[[], Sequence[np.ndarray]],
+    kind: str = "auto",
+    *,
+    vectors_path: str | Path | None = None,
+    use_given: bool = True,
+    auto_text: bool = True,
+    texts: Sequence[str] | None = None,
+    strict: bool = False,
+    dim: int = 64,
+    seed: int = 0,
+    encoder: Callable[[Sequence[str]], np.ndarray] | None = None,
+    progress=False,
+    log: Callable[[str], None] | None = None,
+    setting: str = "data.item_vectors",
+    no_text_error: str | None = None,
+) -> tuple[np.ndarray, str]:
+    """The content vectors SIDs are built from, and which rule made them.
+
+    The first rule that applies wins:
+
+    1. ``vectors_path`` given: the user's vector file (:func:`load_item_vectors`), ``"file"``;
+    2. ``kind="auto"``, ``use_given`` and the dataset has its own vectors (``data.item_vectors``:
+       the synthetic catalog, a prepared folder): those, ``"given"``;
+    3. ``kind="text"``, or ``kind="auto"`` with ``auto_text`` and item text: MiniLM over the item
+       text, ``"text"`` (``ValueError`` ``no_text_error`` for ``"text"`` without text);
+    4. otherwise collaborative vectors (PPMI co-occurrence + SVD, :func:`collaborative_item_vectors`)
+       of the TRAINING interactions, ``"collab"``.
+
+    Args:
+      data: the catalog (``item_ids``, ``item_text``, ``item_vectors``, ``name``).
+      train_sequences: the training part of each user's history, or a function returning it
+        (called only when collaborative vectors are made).
+      kind: ``"auto"``, ``"text"`` or ``"collab"`` (anything else: ``ValueError`` naming
+        ``setting``).
+      vectors_path: a ``.npy`` / ``.npz`` / ``.parquet`` vector file; wins over ``kind``.
+      use_given: whether rule 2 applies (``sidjax prepare`` recomputes vectors: ``False``).
+      auto_text: whether ``"auto"`` encodes text (``sidjax sids build`` does so only with
+        ``--text``: ``False``).
+      texts: the item texts to encode (default ``data.item_text``, which counts as text when it is
+        not ``None``); given texts count as text when one of them is non-empty.
+      strict: text: refuse items without text (``ValueError`` naming the first).
+      dim, seed: size and seed of collaborative vectors.
+      encoder: texts -> vectors; default :func:`sidjax.text.encode_texts` with ``progress``.
+      progress: ``encode_texts``'s ``progress`` (a factory, ``True`` for a tqdm bar; falsy: none).
+      log: gets a line before MiniLM encoding and before collaborative vectors (``None``: silent).
+      setting: the name of ``kind``'s setting in messages.
+      no_text_error: the message for ``kind="text"`` without text (default names ``setting``).
+
+    Returns:
+      ``(vectors, rule)``: ``[num_items, d]`` vectors and ``"file"``, ``"given"``, ``"text"`` or
+      ``"collab"``.
+    """
+    if kind not in ITEM_VECTOR_KINDS:
+        raise ValueError(f"{setting}={kind!r}; use one of {', '.join(ITEM_VECTOR_KINDS)}")
+    if vectors_path is not None:
+        return load_item_vectors(vectors_path, data.item_ids), "file"
+    if kind == "auto" and use_given and data.item_vectors is not None:
+        return data.item_vectors, "given"
+    if texts is None:
+        texts, has_text = data.item_text, data.item_text is not None
+    else:
+        has_text = any(bool(t) for t in texts)
+    if kind == "text" or (kind == "auto" and auto_text and has_text):
+        if not has_text:
+            raise ValueError(no_text_error or (
+                f"{setting}='text' but {data.name} has no item text; use 'collab' (vectors from "
+                "training interactions)"))
+        missing = [data.item_ids[i] for i, t in enumerate(texts) if not t] if strict else []
+        if missing:
+            raise ValueError(
+                f"{len(missing)} item(s) have no text (first: {missing[0]!r}); fill the text "
+                "fields, change the template, or drop strict"
+            )
+        if log is not None:
+            log(f"encoding {data.num_items} item texts with MiniLM")
+        if encoder is None:
+            from sidjax.text.minilm import encode_texts
+
+            return np.asarray(encode_texts(texts, progress=progress or False), np.float32), "text"
+        return np.asarray(encoder(texts), np.float32), "text"
+    if log is not None:
+        log(("no item text" if kind == "auto" else f"{setting}='collab'")
+            + ": collaborative item vectors from training co-occurrences")
+    train = train_sequences() if callable(train_sequences) else train_sequences
+    return collaborative_item_vectors(train, data.num_items, dim=dim, seed=seed), "collab"

@@ -5,7 +5,8 @@ all beams of that user). Its last position gives the level-1 distribution; then 
 steps run over the beams only, feeding the beams' level-1 .. level-(L-1) tokens (the last level's
 token is never fed: nothing is predicted after it). Each step's new token attends to the shared
 history keys and to the beam's own generated keys (a small ``[B, K, <= L-1]`` cache), so reordering
-beams gathers only that small cache. PrefixMem sees the beam's whole generated prefix at every step.
+beams gathers only that small cache. PrefixMem hashes the new token's n-grams from the beam's
+generated prefix (:func:`sidjax.nn.prefixmem.step_rows`) and gathers that one position's rows.
 
 At each level the candidates of a beam are the children of its trie node, scored by the
 level-restricted log-softmax of the model; beams are ranked by summed log-probability. The width can

@@ -50,7 +50,7 @@ def recommend_for_histories(model, prep, histories: Sequence[Sequence[str]], k: 
                             exclude_history: bool = True, progress=None) -> list[dict]:
     """Top-``k`` recommendations for each history of external item ids (no user id needed).
 
-    ``prep`` is :class:`sidjax.experiment.Prepared` (SIDs, trie, vocab, catalog); the model sees
+    ``prep`` is :class:`sidjax.run.Prepared` (SIDs, trie, vocab, catalog); the model sees
     the history's ``data.max_history`` most recent items; an empty history is allowed (the model
     then sees only BOS). Beam width ``max(k, eval.beam_size)`` unless ``beam`` is given.
 

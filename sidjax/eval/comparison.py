@@ -2,7 +2,7 @@
 spreads, gains with intervals, the statistical sections, compute accounting and the PNG plots.
 
 :func:`summarize_comparison` is pure bookkeeping over evaluation results (no model is run), so it
-can be tested on hand-made arrays; :mod:`sidjax.experiment` trains and evaluates, then calls it.
+can be tested on hand-made arrays; :mod:`sidjax.run` trains and evaluates, then calls it.
 """
 
 from __future__ import annotations

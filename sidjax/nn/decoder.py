@@ -20,6 +20,9 @@ Packed rows: ``segment_ids [B, T]`` (0 on padding) restrict attention to keys of
 
 Injection: ``before_block(i, x) -> x`` (optional, on every call) rewrites the residual stream
 before block ``i``; the model uses it to add PrefixMem at configured layers.
+
+Every parameter carries its logical axis names (:mod:`sidjax.parallel.axes`), which the
+partitioner maps to the mesh.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from sidjax.parallel.axes import metadata, param
 
 _MASKED = -1e9
 
@@ -66,7 +71,8 @@ class RMSNorm(nnx.RMSNorm):
     def __init__(self, num_features: int, *, eps: float = 1e-6, plus_one: bool = False,
                  rngs: nnx.Rngs):
         init = nnx.initializers.zeros if plus_one else nnx.initializers.ones
-        super().__init__(num_features, epsilon=eps, scale_init=init, rngs=rngs)
+        super().__init__(num_features, epsilon=eps, scale_init=init,
+                         scale_metadata=metadata((None,)), rngs=rngs)  # scales stay replicated
         self.plus_one = plus_one
 
     def __call__(self, x):
@@ -102,16 +108,17 @@ class Attention(nnx.Module):
         if num_heads % kv_heads:
             raise ValueError(f"num_kv_heads={kv_heads} must divide num_heads={num_heads}")
         init = nnx.initializers.lecun_normal()
-        self.w_q = nnx.Param(init(rngs.params(), (d_model, num_heads, head_dim)))
-        self.w_k = nnx.Param(init(rngs.params(), (d_model, kv_heads, head_dim)))
-        self.w_v = nnx.Param(init(rngs.params(), (d_model, kv_heads, head_dim)))
-        self.w_o = nnx.Param(init(rngs.params(), (num_heads * head_dim, d_model)).reshape(
-            num_heads, head_dim, d_model))
+        proj = ("embed", "heads", "kv")
+        self.w_q = param(init(rngs.params(), (d_model, num_heads, head_dim)), proj)
+        self.w_k = param(init(rngs.params(), (d_model, kv_heads, head_dim)), proj)
+        self.w_v = param(init(rngs.params(), (d_model, kv_heads, head_dim)), proj)
+        self.w_o = param(init(rngs.params(), (num_heads * head_dim, d_model)).reshape(
+            num_heads, head_dim, d_model), ("heads", "kv", "embed"))
         self.qkv_bias = qkv_bias
-        if qkv_bias:
-            self.b_q = nnx.Param(jnp.zeros((num_heads * head_dim,)))
-            self.b_k = nnx.Param(jnp.zeros((kv_heads * head_dim,)))
-            self.b_v = nnx.Param(jnp.zeros((kv_heads * head_dim,)))
+        if qkv_bias:  # Qwen2-style biases [heads * kv] stay replicated
+            self.b_q = param(jnp.zeros((num_heads * head_dim,)), (None,))
+            self.b_k = param(jnp.zeros((kv_heads * head_dim,)), (None,))
+            self.b_v = param(jnp.zeros((kv_heads * head_dim,)), (None,))
         self.rope_base = rope_base
         self.groups = num_heads // kv_heads
 
@@ -200,9 +207,9 @@ class GatedMLP(nnx.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r}; use one of {', '.join(ACTIVATIONS)}")
         init = nnx.initializers.lecun_normal()
-        self.w_gate = nnx.Param(init(rngs.params(), (d_model, mlp_dim)))
-        self.w_up = nnx.Param(init(rngs.params(), (d_model, mlp_dim)))
-        self.w_down = nnx.Param(init(rngs.params(), (mlp_dim, d_model)))
+        self.w_gate = param(init(rngs.params(), (d_model, mlp_dim)), ("embed", "mlp"))
+        self.w_up = param(init(rngs.params(), (d_model, mlp_dim)), ("embed", "mlp"))
+        self.w_down = param(init(rngs.params(), (mlp_dim, d_model)), ("mlp", "embed"))
         self.activation = activation
 
     def __call__(self, x):

@@ -33,8 +33,10 @@ PrefixMem's parameters: table ``[rows, mem_dim]``, ``w_value [H * mem_dim, d]`` 
     params = init(key, cfg)
     delta = apply(params, codes, levels, cfg=cfg, hidden=token_embeddings)   # [B, T, d_model]
 
-The leaves are named like PrefixMem's (``table``, ``w_value``, ...), so the optimizer groups of
-:func:`sidjax.train.loop.param_labels` (table: no decay, ``prefixmem_lr_mult``) treat both alike.
+The leaves are named like PrefixMem's (``table``, ``w_value``, ...). The model wraps them in
+``nnx.Param`` with the logical axes of :func:`param_axes`, the table tagged as a memory table
+(:mod:`sidjax.parallel.axes`), so the optimizer groups of :func:`sidjax.train.optim.param_labels`
+(table: no decay, ``prefixmem_lr_mult``) treat both alike.
 """
 
 from __future__ import annotations
@@ -149,22 +151,43 @@ def lookup_rows(cfg: ItemMemSpec, codes: jax.Array, levels: jax.Array) -> jax.Ar
 
     ``codes`` and ``levels`` are ``[..., T]``: the raw SID code and level (1-based; 0 = not a SID
     token) of each position; an item's SID tokens must be consecutive positions. Head ``h`` hashes
-    the full SID ``(c_1..c_L)`` ending at a level-L position into its own rows.
+    the full SID ``(c_1..c_L)`` ending at a level-L position into its own rows. Parameter-free
+    (the keying step; :func:`read_memory` ``rows=`` takes its output).
     """
     window = prefixmem._prefix_codes(codes, cfg.num_levels)  # [..., T, L]: code j tokens back
+    return _rows_of_window(cfg, window, levels)
+
+
+def _rows_of_window(cfg: ItemMemSpec, window: jax.Array, levels: jax.Array) -> jax.Array:
+    """Row ids ``[..., H]`` of positions whose last L codes (newest first) are ``window``."""
     complete = levels == cfg.num_levels
     rows = [prefixmem._table_rows(spec, window) for spec in cfg.tables]
     return jnp.where(complete[..., None], jnp.stack(rows, axis=-1), -1)
 
 
-def read_memory(params: dict[str, jax.Array], codes: jax.Array, levels: jax.Array, *,
+memory_rows = lookup_rows  # parameter-free keying, as prefixmem.memory_rows
+
+
+def step_rows(cfg: ItemMemSpec, codes: jax.Array, level: jax.Array) -> jax.Array:
+    """Row ids ``[..., H]`` of ONE new position: ``lookup_rows(cfg, codes, levels)[..., -1, :]``.
+
+    ``codes [..., W]`` end with the new position's code (only the last L are read); ``level
+    [...]`` is its level. Parameter-free, as :func:`sidjax.nn.prefixmem.step_rows`.
+    """
+    return _rows_of_window(cfg, prefixmem._last_prefix(codes, cfg.num_levels), level)
+
+
+def read_memory(params: dict[str, jax.Array], codes: jax.Array | None = None,
+                levels: jax.Array | None = None, *, rows: jax.Array | None = None,
                 cfg: ItemMemSpec, mesh=None, rules=None) -> jax.Array:
     """Concatenated rows ``[..., T, H * mem_dim]`` of each position (zeros off level-L positions).
 
+    Give ``codes, levels [..., T]`` or precomputed ``rows`` (:func:`lookup_rows` ``[..., T, H]``
+    or :func:`step_rows` ``[..., H]``), as :func:`sidjax.nn.prefixmem.read_memory`.
     ``mesh``/``rules``: read the table row-sharded over the axis ``rules`` map ``table_rows`` to,
     with :func:`sidjax.parallel.sharded_take` (as :func:`sidjax.nn.prefixmem.read_memory`).
     """
-    rows = lookup_rows(cfg, codes, levels)
+    rows = prefixmem._rows_arg(rows, codes, levels, lookup_rows, cfg)
     ids = jnp.maximum(rows, 0)
     axis, n = prefixmem._row_shards(mesh, rules)
     table = params["table"]

@@ -23,6 +23,7 @@ from flax import nnx
 from sidjax.config import ModelConfig
 from sidjax.nn import families, itemmem, prefixmem
 from sidjax.nn.prefixmem import resolve_prefixmem  # noqa: F401 - also public here
+from sidjax.parallel import axes
 from sidjax.tokens import SIDVocab
 
 
@@ -64,11 +65,13 @@ class SIDRecommender(nnx.Module):
         self.arch = arch
         self.vocab_size = vocab.size
         self.pad_id = vocab.pad_id
-        self.embed = nnx.Embed(vocab.size, arch.d_model, rngs=rngs)
+        self.embed = nnx.Embed(vocab.size, arch.d_model, rngs=rngs,
+                               embedding_metadata=axes.metadata(("vocab", "embed")))
         self.embed_dropout = nnx.Dropout(arch.dropout)
         self.decoder = families.build_decoder(arch, rngs=rngs)
         if not arch.tie_embeddings:
-            self.head = nnx.Linear(arch.d_model, vocab.size, use_bias=False, rngs=rngs)
+            self.head = nnx.Linear(arch.d_model, vocab.size, use_bias=False, rngs=rngs,
+                                   kernel_metadata=axes.metadata(("embed", "vocab")))
         self.pm_cfg = resolve_prefixmem(arch, vocab.codes_per_level) if arch.prefixmem.enabled \
             else None
         if self.pm_cfg is not None:
@@ -78,13 +81,17 @@ class SIDRecommender(nnx.Module):
             if too_deep:
                 raise ValueError(f"model.prefixmem.inject_layers={self.pm_cfg.inject_layers} names "
                                  f"blocks {too_deep}, but model.num_layers={arch.num_layers}")
-            self.prefixmem = nnx.Dict({k: nnx.Param(v) for k, v in prefixmem.init(
-                rngs.params(), self.pm_cfg).items()})
+            pm_axes = prefixmem.param_axes(self.pm_cfg)  # the table, else projections and gate
+            self.prefixmem = nnx.Dict({k: axes.param(
+                v, pm_axes[k], group=axes.TABLE if k == "table" else axes.ADAPTER)
+                for k, v in prefixmem.init(rngs.params(), self.pm_cfg).items()})
         self.im_cfg = itemmem.resolve(arch, vocab.codes_per_level, mesh=mesh, rules=rules) \
             if arch.item_memory.enabled else None
         if self.im_cfg is not None:
-            self.itemmem = nnx.Dict({k: nnx.Param(v) for k, v in itemmem.init(
-                rngs.params(), self.im_cfg).items()})
+            im_axes = itemmem.param_axes(self.im_cfg)
+            self.itemmem = nnx.Dict({k: axes.param(
+                v, im_axes[k], group=axes.TABLE if k == "table" else None)
+                for k, v in itemmem.init(rngs.params(), self.im_cfg).items()})
         self.mesh = mesh
         self.rules = rules
 
@@ -110,15 +117,20 @@ class SIDRecommender(nnx.Module):
         """``(x + PrefixMem at the embeddings, before_block hook)`` (unchanged and None without it).
 
         ``codes, levels [..., T]`` (``x [..., T, D]``); with ``last_only`` they are windows whose
-        last position only is fed (``x [..., D]``; the earlier positions only feed the n-grams).
+        last position only is fed (``x [..., D]``; the earlier positions only feed the n-grams):
+        the rows of that one position are hashed (:func:`prefixmem.step_rows`, from the last
+        ``max(orders)`` codes) and gathered, not the whole window's.
         """
         if self.pm_cfg is None:
             return x, None
         params = {k: v[...] for k, v in self.prefixmem.items()}
-        memory = prefixmem.read_memory(params, codes, levels, cfg=self.pm_cfg, mesh=self.mesh,
-                                       rules=self.rules)
         if last_only:
-            memory, levels = memory[..., -1, :], levels[..., -1]
+            levels = levels[..., -1]
+            rows = prefixmem.step_rows(self.pm_cfg, codes, levels)
+        else:
+            rows = prefixmem.memory_rows(self.pm_cfg, codes, levels)
+        memory = prefixmem.read_memory(params, rows=rows, cfg=self.pm_cfg, mesh=self.mesh,
+                                       rules=self.rules)
         inject = functools.partial(prefixmem.inject, params, memory, levels=levels, cfg=self.pm_cfg)
         return inject(x=x, layer=None), lambda i, h: inject(x=h, layer=i)
 
@@ -133,10 +145,13 @@ class SIDRecommender(nnx.Module):
         if self.im_cfg is None or (last_only and codes.shape[-1] < self.im_cfg.num_levels):
             return x
         params = {k: v[...] for k, v in self.itemmem.items()}
-        memory = itemmem.read_memory(params, codes, levels, cfg=self.im_cfg, mesh=self.mesh,
+        if last_only:  # one position: hash its last L codes and gather its rows only
+            levels = levels[..., -1]
+            rows = itemmem.step_rows(self.im_cfg, codes, levels)
+        else:
+            rows = itemmem.memory_rows(self.im_cfg, codes, levels)
+        memory = itemmem.read_memory(params, rows=rows, cfg=self.im_cfg, mesh=self.mesh,
                                      rules=self.rules)
-        if last_only:
-            memory, levels = memory[..., -1, :], levels[..., -1]
         delta = itemmem.project(params, memory, levels, cfg=self.im_cfg, hidden=x)
         return x + delta.astype(x.dtype)
 
@@ -182,7 +197,8 @@ class SIDRecommender(nnx.Module):
         """Feeds one token per sequence; returns ``(logits [B, V], cache)``.
 
         ``tokens, codes, levels`` are ``[B, W]`` windows whose last column is the new token; the
-        earlier columns (the current item's previous SID tokens) only feed PrefixMem's n-grams.
+        earlier columns (the current item's previous SID tokens) only feed PrefixMem's n-grams
+        (the last ``max(orders)`` of them: one position's rows are hashed and gathered).
         """
         x, hook = self._with_prefixmem(self.embed_tokens(tokens[:, -1:]), codes[:, None],
                                        levels[:, None], last_only=True)  # B 1 D
@@ -200,7 +216,8 @@ class SIDRecommender(nnx.Module):
         """Feeds the ``depth``-th generated SID token of every beam; returns ``(logits, generated)``.
 
         ``tokens, codes, levels`` are ``[B, K, depth]`` windows of each beam's generated prefix (the
-        last column is the new token; the earlier ones only feed PrefixMem's n-grams). ``history`` is
+        last column is the new token; the earlier ones only feed PrefixMem's n-grams, hashed for
+        the new position only and gathered for it alone: :func:`prefixmem.step_rows`). ``history`` is
         :meth:`prefill`'s cache (``extra=0``), shared by the K beams of a sequence; ``generated`` is
         the per-beam cache of the ``depth - 1`` earlier tokens (None at depth 1). Returns logits
         ``[B, K, V]`` for the next token and the generated cache grown by one token.

@@ -22,6 +22,12 @@ instead, with one projection and gate per site (stacked on a leading ``sites`` a
 rows gathered once: ``memory = read_memory(...)`` then ``x = inject(params, memory, x, levels,
 cfg=cfg, layer=i)`` before block ``i``.
 
+Keying is separate from lookup (as MaxText's engram): the parameter-free :func:`memory_rows` (one
+new position: :func:`step_rows`) can run ahead of time; ``read_memory(params, rows=rows, cfg=cfg)``
+gathers its output. Cached decoding hashes and gathers the new position only.
+(Longer than 450 lines because layout, keying, lookup and projection share private table helpers
+that itemmem reuses.)
+
 Sharding (``apply(..., mesh=mesh)``): the table is split by rows over the mesh axis that the rules
 map ``table_rows`` to (``'model'`` by default) and read with :func:`sidjax.parallel.sharded_take`
 inside ``shard_map`` (masked local gather, then ``psum`` over the row axis; the table gradient stays
@@ -251,17 +257,11 @@ def _table_rows(spec: TableSpec, prefix: jax.Array) -> jax.Array:
     return local + spec.offset
 
 
-def lookup_rows(cfg: PrefixMemConfig, codes: jax.Array, levels: jax.Array) -> jax.Array:
-    """Row ids ``[..., T, S]`` (int32, -1 for an empty slot) read at each position.
-
-    ``codes`` and ``levels`` are ``[..., T]``: the raw SID code and level (1-based; 0 = not a SID
-    token) of each position. The codes of an item's levels must be consecutive positions.
-    Slot ``s = order_index * hash_heads + head``.
-    """
+def _rows_of_prefix(cfg: PrefixMemConfig, prefix: jax.Array, levels: jax.Array) -> jax.Array:
+    """Row ids ``[..., S]`` of positions whose prefix codes are ``prefix [..., max_order]``."""
     lay = layout(cfg)
     orders = sorted(cfg.orders)
-    prefix = _prefix_codes(codes, max(orders))
-    rows = jnp.full(codes.shape + (lay.num_slots,), -1, jnp.int32)
+    rows = jnp.full(levels.shape + (lay.num_slots,), -1, jnp.int32)
     slot_of = {o: i * cfg.hash_heads for i, o in enumerate(orders)}
     for spec in lay.tables:
         slot = slot_of[spec.order] + spec.head
@@ -270,18 +270,55 @@ def lookup_rows(cfg: PrefixMemConfig, codes: jax.Array, levels: jax.Array) -> ja
     return rows
 
 
+def memory_rows(cfg: PrefixMemConfig, codes: jax.Array, levels: jax.Array) -> jax.Array:
+    """Row ids ``[..., T, S]`` (int32, -1 for an empty slot) read at each position: the keying
+    step, parameter-free (no table or projection), for ``read_memory(params, rows=...)``.
+
+    ``codes`` and ``levels`` are ``[..., T]``: the raw SID code and level (1-based; 0 = not a SID
+    token) of each position. The codes of an item's levels must be consecutive positions.
+    Slot ``s = order_index * hash_heads + head``.
+    """
+    return _rows_of_prefix(cfg, _prefix_codes(codes, max(cfg.orders)), levels)
+
+
+lookup_rows = memory_rows  # the earlier name
+
+
+def step_rows(cfg: PrefixMemConfig, codes: jax.Array, level: jax.Array) -> jax.Array:
+    """Row ids ``[..., S]`` of ONE new position (level ``level [...]``), parameter-free: equal to
+    ``memory_rows(cfg, codes, levels)[..., -1, :]`` but hashing that position only. ``codes [...,
+    W]`` end with its code; only the last ``max(orders)`` (all its n-grams reach) are read."""
+    return _rows_of_prefix(cfg, _last_prefix(codes, max(cfg.orders)), level)
+
+
+def _last_prefix(codes: jax.Array, max_order: int) -> jax.Array:
+    """``_prefix_codes(codes, max_order)[..., -1, :]``, from the last ``max_order`` codes only."""
+    return _prefix_codes(codes[..., -max_order:], max_order)[..., -1, :]
+
+
 def _rms_norm(x: jax.Array, scale: jax.Array, eps: float = 1e-6) -> jax.Array:
     return x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + eps) * scale
 
 
-def read_memory(params: dict[str, jax.Array], codes: jax.Array, levels: jax.Array, *,
+def _rows_arg(rows, codes, levels, keying, cfg):
+    """``rows`` if given (then without codes/levels), else ``keying(cfg, codes, levels)``."""
+    if (rows is None) == (codes is None or levels is None):
+        raise TypeError("read_memory takes codes and levels, or precomputed rows=, not both")
+    return keying(cfg, codes, levels) if rows is None else rows
+
+
+def read_memory(params: dict[str, jax.Array], codes: jax.Array | None = None,
+                levels: jax.Array | None = None, *, rows: jax.Array | None = None,
                 cfg: PrefixMemConfig, mesh=None, rules=None) -> jax.Array:
     """The fused memory vector ``[..., T, fan_in(cfg)]`` of each position (zeros off SID tokens).
+
+    Give ``codes, levels [..., T]`` or ``rows``: precomputed :func:`memory_rows` ``[..., T, S]`` (the
+    same result, bit for bit) or :func:`step_rows` ``[..., S]`` (giving ``[..., fan_in]``).
 
     ``mesh``/``rules``: read the table row-sharded over the axis ``rules`` map ``table_rows`` to
     (see the module docstring); ``None`` for a plain gather.
     """
-    rows = lookup_rows(cfg, codes, levels)
+    rows = _rows_arg(rows, codes, levels, memory_rows, cfg)
     valid = rows >= 0
     ids = jnp.maximum(rows, 0)
     axis, n = _row_shards(mesh, rules)
@@ -336,7 +373,7 @@ def apply(params: dict[str, jax.Array], codes: jax.Array, levels: jax.Array, *,
 
     Args:
       params: from :func:`init`.
-      codes, levels: ``[..., T]`` int arrays (see :func:`lookup_rows`).
+      codes, levels: ``[..., T]`` int arrays (see :func:`memory_rows`).
       cfg: the config the params were made with.
       hidden: ``[..., T, d_model]`` states the output is added to; required by the gate (without
         it the output is ungated).

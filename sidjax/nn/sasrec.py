@@ -21,6 +21,7 @@ from sidjax.config import ModelConfig
 from sidjax.nn.decoder import Decoder
 from sidjax.nn.losses import smoothed_nll
 from sidjax.nn.model import positions_from_valid
+from sidjax.parallel.axes import metadata
 
 PAD_ITEM = 0
 
@@ -30,7 +31,8 @@ class SASRec(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, num_items: int, *, rngs: nnx.Rngs):
         self.num_items = num_items
-        self.embed = nnx.Embed(num_items + 1, cfg.d_model, rngs=rngs)
+        self.embed = nnx.Embed(num_items + 1, cfg.d_model, rngs=rngs,
+                               embedding_metadata=metadata(("vocab", "embed")))
         self.embed_dropout = nnx.Dropout(cfg.dropout)
         self.decoder = Decoder(cfg.num_layers, cfg.d_model, cfg.num_heads, cfg.head_dim,
                                cfg.mlp_dim, cfg.rope_base, cfg.dropout, rngs=rngs)

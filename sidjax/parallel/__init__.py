@@ -5,6 +5,8 @@
 * :mod:`sidjax.parallel.rules`: ``DEFAULT_RULES`` (the one logical-to-mesh-axis table),
   ``logical_to_spec``, ``named_sharding``, ``logical_shardings``, ``shard_pytree``.
 * :mod:`sidjax.parallel.lookup`: ``sharded_take`` (row-sharded embedding gather) and ``pad_rows``.
+* :mod:`sidjax.parallel.axes`: the metadata every ``nnx.Param`` carries (its logical axes, in
+  Flax's ``out_sharding`` field, and its optimizer ``group``): ``param``, ``metadata``.
 """
 
 from sidjax.parallel.lookup import pad_rows, sharded_take

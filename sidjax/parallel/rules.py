@@ -92,6 +92,8 @@ DEFAULT_RULES = AxisRules(
         ("mem", None),
         ("mem_concat", None),
         ("sites", None),
+        ("content", None),  # MSP: the content-vector dimension (sidjax.nn.msp)
+        ("experts", None),  # MSP: its expert projections
     )
 )
 """The project-wide logical-to-physical axis table."""

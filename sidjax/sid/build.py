@@ -1,4 +1,4 @@
-"""The one SID builder behind training runs (``experiment.prepare``) and ``sidjax sids build``.
+"""The one SID builder behind training runs (``run.prepare``) and ``sidjax sids build``.
 
 :func:`build` fits a quantizer (residual k-means or RQ-VAE), makes the SIDs unique (zero-collision
 reassignment, or an extra level numbering the items that share a SID) and computes the diagnostics.

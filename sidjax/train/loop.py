@@ -1,6 +1,7 @@
-"""Next-SID-token training: loss, optax recipe, sharded jitted step, and the loop with orbax
-checkpoints (last k plus the best by validation), preemption handling, validation, early
-stopping and throughput metrics."""
+"""Next-SID-token training: loss, sharded jitted step, and the loop with orbax checkpoints (last
+k plus the best by validation), preemption handling, validation, early stopping and throughput
+metrics. The optimizer recipe is :mod:`sidjax.train.optim`, the state/FLOPs report
+:mod:`sidjax.train.accounting`."""
 
 from __future__ import annotations
 
@@ -21,9 +22,11 @@ from sidjax.config import TrainConfig
 from sidjax.nn.losses import smoothed_nll
 from sidjax.tokens import SIDVocab
 from sidjax.train import checkpoint
+from sidjax.train.accounting import state_report, tied_output_params
 from sidjax.train.batches import BatchStream
 from sidjax.train.observe import MetricsWriter, format_state_report
-from sidjax.train.partition import make_partitioner, path_names
+from sidjax.train.optim import make_optimizer, make_schedule
+from sidjax.train.partition import make_partitioner
 from sidjax.train.signals import any_process, stop_flag
 from sidjax.train.validation import BestTracker, check_validation_config, is_eval_step
 
@@ -71,94 +74,6 @@ def sid_loss(logits: jax.Array, targets: jax.Array, vocab: SIDVocab,
         at = (target_level == level) * weight
         metrics[f"acc_l{level}"] = jnp.sum(correct * at) / jnp.maximum(jnp.sum(at), 1.0)
     return loss, metrics
-
-
-def decay_mask(params) -> object:
-    """Weight decay on matrices only: not on norms, biases or PrefixMem's memory table."""
-    def keep(path, leaf):
-        return leaf.ndim >= 2 and "table" not in path_names(path)
-
-    return jax.tree_util.tree_map_with_path(keep, params)
-
-
-def is_prefixmem_adapter(path) -> bool:
-    """Whether a parameter path is one of PrefixMem's projections or gate (not its table)."""
-    names = path_names(path)
-    return "prefixmem" in names and "table" not in names
-
-
-def param_labels(params, freeze: bool = False) -> object:
-    """Optimizer group of every parameter: ``table`` (PrefixMem memory), ``no_decay`` (vectors:
-    norms, biases, gate scales) or ``decay`` (matrices). With ``freeze``, every parameter but
-    PrefixMem's projections and gate (:func:`is_prefixmem_adapter`) is labelled ``frozen_<group>``."""
-    def label(path, leaf):
-        if "table" in path_names(path):
-            group = "table"
-        else:
-            group = "decay" if leaf.ndim >= 2 else "no_decay"
-        return f"frozen_{group}" if freeze and not is_prefixmem_adapter(path) else group
-
-    return jax.tree_util.tree_map_with_path(label, params)
-
-
-def make_schedule(cfg: TrainConfig) -> optax.Schedule:
-    """Linear warmup, then cosine decay to 5% (``cosine``) or ``lr * sqrt(warmup / step)``
-    (``rsqrt``)."""
-    warmup = max(1, cfg.warmup_steps)
-    if cfg.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(
-            0.0, cfg.learning_rate, warmup, max(cfg.steps, cfg.warmup_steps + 1),
-            end_value=cfg.learning_rate * 0.05)
-    if cfg.schedule == "rsqrt":
-        def rsqrt(step):
-            step = jnp.asarray(step, jnp.float32)
-            return cfg.learning_rate * jnp.minimum(step / warmup, jnp.sqrt(warmup / jnp.maximum(
-                step, 1.0)))
-        return rsqrt
-    raise ValueError(f"train.schedule must be 'cosine' or 'rsqrt', got {cfg.schedule!r}")
-
-
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """Global-norm clipping, then AdamW per parameter group (:func:`param_labels`): matrices with
-    weight decay, vectors without, PrefixMem tables without and at ``prefixmem_lr_mult`` x LR.
-
-    With ``freeze_decoder_steps = N > 0`` the first N updates change only PrefixMem's projections
-    and gate: every other group is wrapped in ``optax.transforms.conditionally_mask``, whose
-    update is exactly zero (and whose Adam state stays untouched) until its own step counter,
-    kept in the optimizer state, reaches N. Their Adam moments then start fresh and their learning
-    rate continues the global schedule from step N. The step stays one jitted function and the
-    counter is checkpointed with the rest of the optimizer state, so resumes stay exact.
-    """
-    schedule = make_schedule(cfg)
-    freeze = cfg.freeze_decoder_steps
-    if freeze < 0:
-        raise ValueError(f"train.freeze_decoder_steps={freeze} must be >= 0")
-
-    def adam(lr, weight_decay):
-        return optax.adamw(lr, b1=0.9, b2=0.98, weight_decay=weight_decay)
-
-    def table_lr(s):
-        return cfg.prefixmem_lr_mult * schedule(s)
-
-    groups = {"decay": adam(schedule, cfg.weight_decay), "no_decay": adam(schedule, 0.0),
-              "table": adam(table_lr, 0.0)}
-    if freeze > 0:
-        def after_freeze(lr):
-            return lambda s: lr(s + freeze)  # the wrapped Adam counts only unfrozen steps
-
-        def unfrozen(step):
-            return step >= freeze
-
-        groups |= {
-            f"frozen_{name}": optax.transforms.conditionally_mask(inner, unfrozen)
-            for name, inner in (
-                ("decay", adam(after_freeze(schedule), cfg.weight_decay)),
-                ("no_decay", adam(after_freeze(schedule), 0.0)),
-                ("table", adam(after_freeze(table_lr), 0.0)))}
-    return optax.chain(
-        optax.clip_by_global_norm(cfg.grad_clip),
-        optax.multi_transform(groups, lambda params: param_labels(params, freeze > 0)),
-    )
 
 
 def _cast_floats(tree, dtype):
@@ -233,55 +148,6 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, vocab: SIDVocab 
     return partitioner.jit(step_fn, state_shardings)
 
 
-def _count(tree) -> int:
-    return int(sum(x.size for x in jax.tree.leaves(tree)))
-
-
-def _bytes_per_device(tree) -> int:
-    """Largest number of bytes of ``tree`` held by one device."""
-    per_device: dict = {}
-    for x in jax.tree.leaves(tree):
-        for shard in getattr(x, "addressable_shards", ()):
-            per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
-    return max(per_device.values(), default=0)
-
-
-def state_report(params, opt_state, seq_len: int, partitioner=None, *,
-                 tied_output: int = 0) -> dict:
-    """What a run holds, before step 1: parameter counts (decoder, PrefixMem tables), training
-    FLOPs per token (6 x matmul parameters + 12 x layers x seq_len x attention width), bytes per
-    device of params and optimizer state, the mesh and the sharding of the largest arrays.
-
-    ``tied_output``: parameters of an embedding table that is also the output matmul (a tied
-    head, e.g. SASRec's item table); embeddings are otherwise lookups and count 0 FLOPs. Models
-    give it as ``tied_output_params`` (:func:`tied_output_params`)."""
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    table = sum(x.size for p, x in leaves if "table" in path_names(p))
-    embed = sum(x.size for p, x in leaves if "embedding" in path_names(p))
-    matmul = sum(x.size for p, x in leaves if x.ndim >= 2) - table - embed
-    q_proj = [x for p, x in leaves if path_names(p)[-2:] in (("w_q", "value"), ("w_q",))]
-    attn_width = sum(x.shape[1] * x.shape[2] for x in q_proj)  # sum over layers of N * H
-    largest = sorted(leaves, key=lambda px: -px[1].size)[:3]
-    mesh = getattr(partitioner, "mesh", None)
-    return {
-        "params_total": _count(params),
-        "params_decoder": _count(params) - int(table),
-        "params_prefixmem_tables": int(table),
-        "flops_per_token": int(6 * (matmul + tied_output) + 12 * seq_len * attn_width),
-        "param_bytes_per_device": _bytes_per_device(params),
-        "opt_state_bytes_per_device": _bytes_per_device(opt_state),
-        "mesh": "1 device (no sharding)" if mesh is None else str(dict(mesh.shape)),
-        "largest_arrays": {"/".join(n for n in path_names(p) if n != "value"):
-                           f"{tuple(x.shape)} {getattr(x, 'sharding', None)}" for p, x in largest},
-    }
-
-
-def tied_output_params(model: nnx.Module) -> int:
-    """Parameters of ``model``'s embedding table used as its output matmul (its
-    ``tied_output_params`` attribute; 0 for a model without one)."""
-    return int(getattr(model, "tied_output_params", 0))
-
-
 def init_state(model: nnx.Module, cfg: TrainConfig, partitioner=None):
     """``(graphdef, params, opt_state, tx, partitioner, state_shardings)`` of a fresh run.
 
@@ -339,7 +205,7 @@ def _validation_line(done: int, valid: dict, tracker: BestTracker) -> str:
 # train.steps may change too (extending a run is legitimate), as long as it is not below the step
 # already trained; like the others that shape the updates, that change is recorded.
 # prefixmem_init and freeze_decoder_steps are not compared here: they are part of the
-# checkpoint's identity (sidjax.experiment.run_hash), so a checkpoint refuses other values anyway.
+# checkpoint's identity (sidjax.run.run_hash), so a checkpoint refuses other values anyway.
 RESUME_FREE_TRAIN_KEYS = frozenset({
     "log_every", "checkpoint_every", "max_checkpoints", "eval_every", "eval_users", "eval_recall",
     "best_metric", "best_mode", "patience", "tensorboard", "data_threads", "data_prefetch",

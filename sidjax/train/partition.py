@@ -1,12 +1,13 @@
 """Where the training state and the batches live: logical axes of the model's parameters and
 the partitioners that turn them into shardings.
 
-``param_logical_axes(params)`` is the one place that names the dimensions of every
-:class:`~sidjax.nn.model.SIDRecommender` parameter (from its path and rank); the logical names
-are mapped to the ``('data', 'fsdp', 'model')`` mesh by :mod:`sidjax.parallel.rules`, so
-data parallelism, FSDP (weights and optimizer state split over ``fsdp``) and table sharding
-(PrefixMem rows over ``model``) are chosen by the mesh sizes alone. On one device
-:class:`NoOpPartitioner` leaves everything where it is (RecML style).
+Every parameter names the logical dimensions of its array in its own ``nnx.Param`` metadata
+(Flax's ``out_sharding`` field, set where the parameter is created; :mod:`sidjax.parallel.axes`);
+:func:`param_logical_axes` reads them from the model's state, and :mod:`sidjax.parallel.rules`
+maps them to the ``('data', 'fsdp', 'model')`` mesh, so data parallelism, FSDP (weights and
+optimizer state split over ``fsdp``) and table sharding (PrefixMem rows over ``model``) are
+chosen by the mesh sizes alone. On one device :class:`NoOpPartitioner` leaves everything where
+it is (RecML style).
 """
 
 from __future__ import annotations
@@ -18,25 +19,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sidjax.nn.prefixmem import PARAM_AXES
 from sidjax.parallel import DEFAULT_RULES, AxisRules, MeshConfig, logical_to_spec, make_mesh
-
-# Parameter leaf name -> logical dimension names (decoder and embedding parameters).
-_DECODER_AXES = {
-    "embedding": ("vocab", "embed"),       # nnx.Embed [V, D]
-    "kernel": ("embed", "vocab"),          # output head [D, V] (absent with tied embeddings)
-    "w_q": ("embed", "heads", "kv"),
-    "w_k": ("embed", "heads", "kv"),
-    "w_v": ("embed", "heads", "kv"),
-    "w_o": ("heads", "kv", "embed"),
-    "b_q": (None,),                        # Qwen2-style q/k/v biases [heads * kv] stay replicated
-    "b_k": (None,),
-    "b_v": (None,),
-    "w_gate": ("embed", "mlp"),
-    "w_up": ("embed", "mlp"),
-    "w_down": ("mlp", "embed"),
-    "scale": (None,),                      # RMSNorm scales stay replicated
-}
+from sidjax.parallel.axes import logical_axes, map_params, path_str
 
 
 def path_names(path) -> tuple[str, ...]:
@@ -45,27 +29,27 @@ def path_names(path) -> tuple[str, ...]:
 
 
 def param_logical_axes(params: Any) -> Any:
-    """Logical dimension names of every parameter, a pytree shaped like ``params``.
+    """Logical dimension names of every parameter, read from its ``nnx.Param`` metadata: a tree
+    shaped like ``params`` (an ``nnx.State``, e.g. ``nnx.split(model)[1]`` or
+    ``nnx.state(model, nnx.Param)``, or a restored copy of one), each Variable holding a tuple.
 
-    PrefixMem parameters (under ``prefixmem``) and those of its control (``itemmem``) use
-    :data:`sidjax.nn.prefixmem.PARAM_AXES`, PrefixMem's with a
-    leading ``sites`` axis when they are stacked per injection site. Raises ``ValueError`` naming
-    the parameter when its name or rank is unknown (add it here).
+    Raises a one-line ``ValueError`` naming the parameter when it has no axis metadata, or not
+    one name per dimension (add ``out_sharding=`` to its ``nnx.Param``), or is a plain array.
     """
-    def one(path, leaf):
-        names = path_names(path)
-        leaf_name = names[-2] if names[-1] == "value" and len(names) > 1 else names[-1]
-        table = PARAM_AXES if "prefixmem" in names or "itemmem" in names else _DECODER_AXES
-        axes = table.get(leaf_name)
-        if axes is not None and leaf.ndim == len(axes) + 1 and "prefixmem" in names:
-            axes = ("sites",) + axes
-        if axes is None or len(axes) != leaf.ndim:
+    def one(path, var):
+        axes = logical_axes(var)
+        if axes is None:
             raise ValueError(
-                f"no logical axes for parameter {'/'.join(names)} of shape {leaf.shape}; add its "
-                "name to sidjax/train/partition.py")
+                f"no logical axes for parameter {path_str(path)} of shape {tuple(var.shape)}: add "
+                "out_sharding=(one logical axis name per dimension) to its nnx.Param (Flax's "
+                "sharding metadata; sidjax.parallel.axes.param does it)")
+        if len(axes) != len(var.shape):
+            raise ValueError(
+                f"parameter {path_str(path)} of shape {tuple(var.shape)} has {len(axes)} logical "
+                f"axes {axes}; its nnx.Param out_sharding= needs one name per dimension")
         return axes
 
-    return jax.tree_util.tree_map_with_path(one, params)
+    return map_params(one, params)
 
 
 def divisible_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:

@@ -1,7 +1,7 @@
 """Validation during training: when to evaluate, which evaluation was the best, and when to stop.
 
 The loop calls a task-supplied ``evaluate(params, step) -> dict[str, float]`` (for SID models,
-:func:`sidjax.experiment.make_validation`); :class:`BestTracker` follows one of its metrics
+:func:`sidjax.eval.validation.make_validation`); :class:`BestTracker` follows one of its metrics
 (``train.best_metric`` with ``train.best_mode``) and counts evaluations without improvement for
 early stopping (``train.patience``). Its state is saved in every checkpoint, so a resumed run
 keeps the same best and the same count.
