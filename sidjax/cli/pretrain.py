@@ -11,13 +11,10 @@ import os
 import sys
 from pathlib import Path
 
+from sidjax.cli.args import add_config_args, at_least, config_from_args, positive_float
 from sidjax.console import (
     USER_ERRORS,
-    add_config_args,
-    at_least,
-    config_from_args,
     is_user_error,
-    positive_float,
     report_error,
 )
 from sidjax.nn import prefixmem as pm

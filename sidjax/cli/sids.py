@@ -8,7 +8,8 @@ import sys
 
 import numpy as np
 
-from sidjax.console import _progress_factory, at_least, positive_float
+from sidjax.cli.args import at_least, positive_float
+from sidjax.console import _progress_factory
 from sidjax.sid.artifacts import METHODS, build_sids, inspect_sids
 from sidjax.sid.rqvae import ESTIMATORS, RQVAEConfig
 
