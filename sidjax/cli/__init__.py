@@ -25,7 +25,7 @@ from sidjax.console import (  # noqa: F401 - re-exported: tests and callers use 
     is_user_error,
     report_error,
 )
-from sidjax.files import write_json
+from sidjax.files import write_json, write_text
 
 DESCRIPTION = "Generative recommendation with Semantic IDs and PrefixMem."
 
@@ -198,9 +198,7 @@ def _recommend(args, run, log, progress=None) -> int:
             "no more outside the history")
     lines = "".join(json.dumps(r) + "\n" for r in recs)
     if args.out:
-        tmp = Path(f"{args.out}.tmp")
-        tmp.write_text(lines)
-        tmp.replace(args.out)
+        write_text(args.out, lines)
         print(f"wrote {len(recs)} recommendation lists to {args.out}")
     elif args.json:
         print(lines, end="")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from sidjax.console import (
     is_user_error,
     report_error,
 )
+from sidjax.files import write_text
 from sidjax.nn import prefixmem as pm
 from sidjax.nn.prefixmem_io import save_pretrained
 from sidjax.train.pretrain_mem import pretrain, pretrain_flops
@@ -78,9 +78,7 @@ def run_pretrain(args) -> int:
             "seed": args.seed, "contrastive_weight": args.contrastive_weight,
             "final": history[-1]})
         metrics_path = workdir / "pretrain_metrics.jsonl"
-        tmp = Path(f"{metrics_path}.tmp")
-        tmp.write_text("".join(json.dumps(h) + "\n" for h in history))
-        os.replace(tmp, metrics_path)
+        write_text(metrics_path, "".join(json.dumps(h) + "\n" for h in history))
     except USER_ERRORS as err:
         if not is_user_error(err):
             raise

@@ -13,6 +13,7 @@ from typing import Any
 
 from sidjax.config.presets import PRESETS, apply_preset
 from sidjax.config.schema import Config, ConfigError
+from sidjax.files import write_json
 
 
 def load_config(spec: str) -> Config:
@@ -130,9 +131,7 @@ def from_dict(data: dict, cls: type = Config) -> Any:
 
 def save_config(cfg: Config, path: Path) -> None:
     """Writes ``cfg`` as JSON atomically."""
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-    tmp.replace(path)
+    write_json(path, to_dict(cfg))
 
 
 def read_config(path: Path) -> Config:

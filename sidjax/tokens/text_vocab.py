@@ -21,13 +21,13 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from sidjax.files import write_text
 from sidjax.tokens.sid_vocab import SIDVocab, TextPrompt
 
 SID_TOKEN = re.compile(r"<s(\d+)_(\d+)>")
@@ -158,10 +158,7 @@ class TextSIDVocab:
                   "codes_per_level": list(self.sids.codes_per_level),
                   "text_size": self.text_size,
                   "sentencepiece_model": base64.b64encode(self.model_proto).decode("ascii")}
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_text(path, json.dumps(record, indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | Path) -> TextSIDVocab:

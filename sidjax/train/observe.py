@@ -8,12 +8,12 @@ without it only ``metrics.jsonl`` is written.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import jax
 
 from sidjax.console import console_log, process_prefix  # noqa: F401 - re-exported
+from sidjax.files import write_text
 
 
 def _tensorboard_writer(logdir: Path, purge_step: int | None = None):
@@ -48,9 +48,7 @@ def drop_rows_after(path: Path, step: int) -> int:
             continue
         keep.append(line if line.endswith("\n") else line + "\n")
     if dropped:
-        tmp = path.with_name(f"{path.name}.tmp")
-        tmp.write_text("".join(keep))
-        os.replace(tmp, path)
+        write_text(path, "".join(keep))
     return dropped
 
 
