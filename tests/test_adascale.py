@@ -177,3 +177,27 @@ def test_adascale_8x_batch_matches_baseline_in_about_an_eighth_of_the_steps():
     assert tau_done is not None and tau_done <= budget
     assert loss[tau_done - 1] <= (1 + tol) * target
     assert _first_step(naive <= (1 + tol) * target) is None
+
+
+def test_with_adascale_around_momentum_is_adascale_and_records_its_state():
+    """``with_adascale(optax.trace(m), lr, S)`` makes adascale()'s updates; its state keeps the
+    1x rate it used, S, and fresh buffers (a jitted step may donate it)."""
+    rng = np.random.default_rng(1)
+    params = jnp.zeros(3)
+    sched = lambda t: 0.1 / (1.0 + t)
+    wrapped = ada.with_adascale(optax.trace(0.9), sched, 4)
+    plain = ada.adascale(sched, 4, momentum=0.9)
+    state, ref_state = wrapped.init(params), plain.init(params)
+    leaves = jax.tree.leaves(state)
+    assert len({id(x) for x in leaves}) == len(leaves)
+    for _ in range(3):
+        grads = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
+        tau = float(ada.find_stats(state).tau)
+        u, state = jax.jit(wrapped.update)(grads, state, params)
+        ref_u, ref_state = plain.update(grads, ref_state, params)
+        np.testing.assert_allclose(u, ref_u, rtol=1e-6)
+        assert float(state.learning_rate) == pytest.approx(sched(np.floor(tau)))
+    assert float(ada.find_stats(state).tau) == pytest.approx(float(ref_state.adascale.tau))
+    assert int(ada.find_state(state, ada.AdaScaleWrapState).replicas) == 4
+    with pytest.raises(ValueError, match="expected one AdaScaleState"):
+        ada.find_stats({"a": jnp.zeros(1)})

@@ -128,6 +128,19 @@ class ModelConfig:
     norm_plus_one: bool | None = None  # RMSNorm scale 1 + w (Gemma)
     embed_scale: bool | None = None  # embeddings times sqrt(d_model) (Gemma)
     tie_embeddings: bool | None = None  # output head = embedding matrix (Gemma)
+    # Attention span per layer (sidjax.nn.decoder): "full" (causal over the whole row) or "bfts"
+    # (TokenFormer's Bottom-Full-Top-Sliding: full attention in the lower layers, sliding windows
+    # in the upper ones; a window w lets token t attend to tokens t-w+1..t of its sequence, and a
+    # sliding layer's KV cache keeps only its last w entries).
+    attention: str = "full"
+    # bfts: one window per layer in tokens (0 = full); () = the default rule of
+    # sidjax.nn.families.layer_windows: the lower ceil(num_layers / 2) layers full, the U upper
+    # layers windows shrinking linearly to the top, ceil(bfts_window * (U - j) / U) at upper layer j
+    attention_windows: tuple[int, ...] = ()
+    bfts_window: int = 64  # bfts without attention_windows: the lowest sliding layer's window
+    # TokenFormer's Non-Linear Interaction Representation: each block's attention output is
+    # multiplied by sigmoid(W_nlir h) of the block's normalised input h (per head, before W_o)
+    nlir: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +181,12 @@ class TrainConfig:
     data_threads: int = 1  # grain worker threads preparing batches (0 = in the training thread)
     data_prefetch: int = 4  # batches prepared ahead
     tensorboard: bool = True  # event files beside metrics.jsonl (needs tensorboardX)
+    # "adamw" or "adascale": AdaScale SGD (sidjax.train.adascale) over S replicas of the batch;
+    # steps and the schedule then count progress tau (1x steps), not updates
+    optimizer: str = "adamw"
+    # AdaScale's S: batch_size holds S 1x batches; 0 = the mesh's data axis size (must be > 1)
+    adascale_replicas: int = 0
+    adascale_momentum: float = 0.9  # heavy-ball momentum of AdaScale SGD (0 = plain SGD)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -84,6 +84,18 @@ def _problems(cfg: Config) -> list[str]:
     need("model.item_memory.enabled", not (m.prefixmem.enabled and m.item_memory.enabled),
          "the item memory is PrefixMem's parameter-matched control: set "
          "model.prefixmem.enabled=false with it")
+    one_of("model.attention", ("full", "bfts"))
+    all_at_least(0, "model.attention_windows")
+    at_least(1, "model.bfts_window")
+    need("model.attention_windows", not m.attention_windows or len(m.attention_windows)
+         == m.num_layers, f"must give one window per layer (model.num_layers={m.num_layers}) or "
+         "be empty")
+    need("model.attention_windows", not m.attention_windows or m.attention == "bfts",
+         "windows apply with model.attention=bfts only: set it, or leave the windows empty")
+    need("model.attention", m.attention == "full" or m.kind == "sid",
+         "the SASRec baseline (model.kind=sasrec) has full attention only")
+    need("model.nlir", not m.nlir or m.kind == "sid",
+         "the SASRec baseline (model.kind=sasrec) has no NLIR: set model.kind=sid")
     # train
     at_least(1, "train.batch_size", "train.steps", "train.log_every", "train.checkpoint_every",
              "train.max_checkpoints", "train.grad_accum")
@@ -98,6 +110,20 @@ def _problems(cfg: Config) -> list[str]:
     one_of("train.schedule", ("cosine", "rsqrt"))
     one_of("train.compute_dtype", ("float32", "bfloat16"))
     one_of("train.best_mode", ("min", "max"))
+    one_of("train.optimizer", ("adamw", "adascale"))
+    at_least(0, "train.adascale_replicas")
+    need("train.adascale_momentum", number(t.adascale_momentum) and 0 <= t.adascale_momentum < 1,
+         "must be in [0, 1)")
+    if t.optimizer == "adascale":
+        need("train.adascale_replicas", t.adascale_replicas != 0 or t.mesh_data != 1,
+             "0 takes S from train.mesh_data, which is 1: set train.adascale_replicas=S >= 1")
+        replicas = t.adascale_replicas or (t.mesh_data if t.mesh_data > 1 else 0)
+        if replicas >= 1 and t.grad_accum >= 1 and t.batch_size >= 1:
+            need("train.adascale_replicas", t.batch_size % (replicas * t.grad_accum) == 0,
+                 f"S={replicas} x train.grad_accum ({t.grad_accum}) must divide train.batch_size "
+                 f"({t.batch_size})")
+        need("train.freeze_decoder_steps", t.freeze_decoder_steps == 0,
+             "must be 0 with train.optimizer=adascale")
     # eval
     all_at_least(1, "eval.top_k", nonempty=True)
     at_least(1, "eval.beam_size", "eval.batch_size")

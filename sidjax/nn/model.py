@@ -182,7 +182,9 @@ class SIDRecommender(nnx.Module):
         """Encodes histories once; returns ``(logits of the last position [B, V], cache)``.
 
         The cache has room for ``extra`` more tokens per sequence (0 for :meth:`beam_step`, which
-        keeps generated tokens in a separate per-beam cache).
+        keeps generated tokens in a separate per-beam cache). With ``model.attention=bfts`` a
+        sliding layer of window ``w`` shorter than that keeps only its last ``w`` keys
+        (``cache["window"]``, :mod:`sidjax.nn.decoder`).
         """
         valid = tokens != self.pad_id
         cache = self.decoder.init_cache(tokens.shape[0], tokens.shape[1] + extra)

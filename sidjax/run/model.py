@@ -28,6 +28,10 @@ def run_hash(cfg: Config, sids: SIDTable, prefixmem_init: str | None = None) -> 
     if relevant["model"].get("item_memory") == config_lib.to_dict(config_lib.Config())[
             "model"]["item_memory"]:  # added later: runs without it keep their hash
         relevant["model"].pop("item_memory")
+    model_defaults = config_lib.to_dict(config_lib.Config())["model"]
+    for key in ("attention", "attention_windows", "bfts_window", "nlir"):  # added later, likewise
+        if relevant["model"].get(key) == model_defaults[key]:
+            relevant["model"].pop(key)
     # keys added after runs were made: at their defaults, those runs keep their hash
     for key in ("text_prompt", "item_text_tokens", "text_vocab_size", "item_vectors"):
         if relevant["data"].get(key) == getattr(config_lib.DataConfig(), key):

@@ -129,14 +129,17 @@ def _check_replica_axis(grads: Any, num_replicas: int) -> None:
 
 
 def _init_stats() -> AdaScaleState:
-    zero = jnp.zeros([], jnp.float32)
+    # a fresh array per field (no shared buffer), so a jitted step may donate the state
+    def zero():
+        return jnp.zeros([], jnp.float32)
+
     return AdaScaleState(
         count=jnp.zeros([], jnp.int32),
-        tau=zero,
+        tau=zero(),
         gain=jnp.ones([], jnp.float32),
-        sigma2_ema=zero,
-        mu2_ema=zero,
-        ema_norm=zero,
+        sigma2_ema=zero(),
+        mu2_ema=zero(),
+        ema_norm=zero(),
     )
 
 
@@ -256,6 +259,88 @@ def adascale(
         return out, AdaScaleSGDState(adascale=stats, velocity=velocity)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+class AdaScaleWrapState(NamedTuple):
+    """State of :func:`with_adascale`.
+
+    Attributes:
+      adascale: the AdaScale statistics (``tau``, ``gain``, ...).
+      inner: the wrapped optimizer's state.
+      learning_rate: ``lr(floor(tau))`` of the latest update, the 1x schedule's rate before the
+        gain (float32; the effective rate was ``gain * learning_rate``).
+      replicas: ``S`` (int32), kept so that a resumed run can tell that ``S`` changed.
+    """
+
+    adascale: AdaScaleState
+    inner: Any
+    learning_rate: jax.Array
+    replicas: jax.Array
+
+
+def with_adascale(
+    inner: optax.GradientTransformation,
+    learning_rate: float | Schedule,
+    num_replicas: int,
+    *,
+    smoothing: float | None = None,
+) -> optax.GradientTransformation:
+    """AdaScale around an optimizer of descent directions: ``w <- w - r_t * lr(floor(tau_t)) * d_t``.
+
+    The input is per-replica gradients (leading axis ``S``, see the module docstring). AdaScale's
+    statistics come from them; ``inner`` then gets the replica-mean gradient ``g_bar_t`` and
+    returns the direction ``d_t`` *without* learning rate or sign (e.g. clipping, heavy-ball
+    momentum, decoupled weight decay, per-group multipliers), which is scaled by
+    ``-r_t * lr(floor(tau_t))``. With ``inner = optax.trace(momentum)`` this is :func:`adascale`.
+
+    Args:
+      inner: a transformation of parameter-shaped gradients (gets ``params`` too).
+      learning_rate: constant or a schedule of the 1x run, called with ``floor(tau_t)``.
+      num_replicas: ``S``.
+      smoothing: EMA factor of the gradient statistics; see :func:`scale_by_adascale`.
+
+    Returns:
+      A transformation whose state is :class:`AdaScaleWrapState`; stop training when its
+      ``adascale.tau`` (:func:`find_stats`) reaches the 1x step budget.
+    """
+    theta = _resolve_smoothing(num_replicas, smoothing)
+    schedule = learning_rate if callable(learning_rate) else (lambda _: learning_rate)
+
+    def init_fn(params):
+        return AdaScaleWrapState(
+            adascale=_init_stats(),
+            inner=inner.init(params),
+            learning_rate=jnp.zeros([], jnp.float32),
+            replicas=jnp.asarray(num_replicas, jnp.int32),
+        )
+
+    def update_fn(updates, state, params=None):
+        lr = jnp.asarray(schedule(jnp.floor(state.adascale.tau)), jnp.float32)
+        mean, stats = _step_stats(updates, state.adascale, num_replicas, theta)
+        direction, inner_state = inner.update(mean, state.inner, params)
+        step = -lr * stats.gain
+        out = jax.tree.map(lambda d: (step * d).astype(d.dtype), direction)
+        return out, AdaScaleWrapState(stats, inner_state, lr, jnp.asarray(num_replicas, jnp.int32))
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def find_state(opt_state: Any, kind: type = AdaScaleState) -> Any:
+    """The one node of type ``kind`` (default :class:`AdaScaleState`) in an optimizer state tree
+    (a chain's, a restored checkpoint's); ``ValueError`` when there is none or several."""
+    found = [
+        x
+        for x in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, kind))
+        if isinstance(x, kind)
+    ]
+    if len(found) != 1:
+        raise ValueError(f"expected one {kind.__name__} in the optimizer state, found {len(found)}")
+    return found[0]
+
+
+def find_stats(opt_state: Any) -> AdaScaleState:
+    """The :class:`AdaScaleState` of an optimizer state (``.tau``, ``.gain``)."""
+    return find_state(opt_state, AdaScaleState)
 
 
 def split_batch(batch: Any, num_replicas: int) -> Any:

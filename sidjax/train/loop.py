@@ -1,7 +1,7 @@
-"""Next-SID-token training: loss, sharded jitted step, and the loop with orbax checkpoints (last
+"""Next-SID-token training: the sharded jitted step and the loop with orbax checkpoints (last
 k plus the best by validation), preemption handling, validation, early stopping and throughput
-metrics. The optimizer recipe is :mod:`sidjax.train.optim`, the state/FLOPs report
-:mod:`sidjax.train.accounting`."""
+metrics. The loss is :mod:`sidjax.train.loss`, the optimizer recipe :mod:`sidjax.train.optim`, the
+state/FLOPs report :mod:`sidjax.train.accounting`."""
 
 from __future__ import annotations
 
@@ -19,11 +19,22 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from sidjax.config import TrainConfig
-from sidjax.nn.losses import smoothed_nll
 from sidjax.tokens import SIDVocab
 from sidjax.train import checkpoint
 from sidjax.train.accounting import state_report, tied_output_params
+from sidjax.train.adascale_step import (  # noqa: F401 - num_replicas is also public here
+    AdaScaleBudget,
+    check_resumed_replicas,
+    num_replicas,
+    replica_train_step,
+)
 from sidjax.train.batches import BatchStream
+from sidjax.train.loss import (  # noqa: F401 - also public here
+    sid_loss,
+    sid_task_loss,
+    sid_token_nll,
+    token_levels,
+)
 from sidjax.train.observe import MetricsWriter, format_state_report
 from sidjax.train.optim import make_optimizer, make_schedule
 from sidjax.train.partition import make_partitioner
@@ -31,74 +42,16 @@ from sidjax.train.signals import any_process, stop_flag
 from sidjax.train.validation import BestTracker, check_validation_config, is_eval_step
 
 
-def token_levels(vocab: SIDVocab) -> np.ndarray:
-    """Level of every token id (0 for PAD and BOS)."""
-    return np.argmax(vocab.level_mask(), axis=0).astype(np.int32)
-
-
-def sid_token_nll(logits: jax.Array, targets: jax.Array,
-                  vocab: SIDVocab) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Per position ``[B, T]``: the cross-entropy of the target token over its own level's codes,
-    whether the level-restricted argmax is the target, and the target's level (0 for PAD)."""
-    target_level = jnp.asarray(token_levels(vocab))[targets]
-    allowed = jnp.asarray(vocab.level_mask())[target_level]  # B T V
-    logits = jnp.where(allowed, logits.astype(jnp.float32), -1e9)
-    nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(
-        logits, targets[..., None], axis=-1)[..., 0]
-    return nll, jnp.argmax(logits, axis=-1) == targets, target_level
-
-
-def sid_loss(logits: jax.Array, targets: jax.Array, vocab: SIDVocab,
-             label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
-    """Mean cross-entropy of next SID tokens, each over its own level's codes. Targets that are not
-    SID tokens (PAD, and the BOS that follows the last left-padding position) are ignored.
-    ``label_smoothing`` spreads that share of the target over the level's codes
-    (:func:`smoothed_nll`; the metrics' ``nll`` stays unsmoothed).
-
-    Returns ``(loss, metrics)`` where metrics hold the loss and per-level token accuracy.
-    """
-    nll, correct, target_level = sid_token_nll(logits, targets, vocab)
-    weight = (target_level > 0).astype(jnp.float32)
-    total = jnp.maximum(jnp.sum(weight), 1.0)
-    if label_smoothing:
-        allowed = jnp.asarray(vocab.level_mask())[target_level]
-        smoothed = smoothed_nll(logits, targets, allowed, label_smoothing)
-        loss = jnp.sum(smoothed * weight) / total
-    else:
-        loss = jnp.sum(nll * weight) / total
-    correct = correct * weight
-    metrics = {"loss": loss}
-    if label_smoothing:
-        metrics["nll"] = jnp.sum(nll * weight) / total
-    for level in range(1, vocab.num_levels + 1):
-        at = (target_level == level) * weight
-        metrics[f"acc_l{level}"] = jnp.sum(correct * at) / jnp.maximum(jnp.sum(at), 1.0)
-    return loss, metrics
-
-
 def _cast_floats(tree, dtype):
     return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                         tree)
 
 
-def sid_task_loss(vocab: SIDVocab, label_smoothing: float = 0.0) -> Callable:
-    """The next-SID-token loss as a task: ``(model, batch, dropout_key) -> (loss, metrics)``.
-
-    ``batch`` holds ``tokens/codes/levels/targets`` and, for packed rows, ``segment_ids`` and
-    ``positions``. ``label_smoothing``: see :func:`sid_loss`.
-    """
-    def loss(model, batch, dropout_key):
-        logits = model(batch["tokens"], batch["codes"], batch["levels"], dropout_key=dropout_key,
-                       segment_ids=batch.get("segment_ids"), positions=batch.get("positions"))
-        return sid_loss(logits, batch["targets"], vocab, label_smoothing)
-
-    return loss
-
-
 def make_train_step(graphdef, tx: optax.GradientTransformation, vocab: SIDVocab | None,
                     dropout: bool, *, partitioner=None, state_shardings=(None, None),
                     grad_accum: int = 1, compute_dtype: str = "float32",
-                    loss_fn: Callable | None = None, label_smoothing: float = 0.0) -> Callable:
+                    loss_fn: Callable | None = None, label_smoothing: float = 0.0,
+                    replicas: int = 0) -> Callable:
     """A jitted ``(params, opt_state, batch, step, key) -> (params, opt_state, metrics)``.
 
     ``loss_fn(model, batch, dropout_key) -> (loss, metrics)`` is the task (default: the SID loss
@@ -111,6 +64,14 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, vocab: SIDVocab 
     ``compute_dtype="bfloat16"`` the forward and backward run on bf16 copies of the float32
     parameters, which stay the master weights. ``partitioner``/``state_shardings`` (from
     :mod:`sidjax.train.partition`) fix the input and output shardings; ``None`` is plain jit.
+
+    ``replicas = S > 0`` (AdaScale, ``tx`` from :func:`sidjax.train.optim.make_adascale_optimizer`):
+    ``tx`` gets per-replica gradients ``[S, ...]``, replica ``r``'s over rows
+    ``r*B/S..(r+1)*B/S-1`` (vmapped; dropout key ``fold_in(step key, r)``, and with
+    ``grad_accum = k`` each replica's rows form ``k`` micro-batches as above). On a mesh the
+    replica axis is sharded over ``data`` (contiguous rows: each device's rows stay its own).
+    Metrics are replica means, plus ``adascale/gain``, ``adascale/tau`` (after the step) and
+    ``learning_rate`` (the 1x schedule at ``floor(tau)`` before it).
     """
     dtype = jnp.dtype(compute_dtype)
     task = loss_fn if loss_fn is not None else sid_task_loss(vocab, label_smoothing)
@@ -120,6 +81,9 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, vocab: SIDVocab 
         return task(model, batch, key if dropout else None)
 
     grad_fn = jax.value_and_grad(params_loss, has_aux=True)
+    if replicas:
+        return replica_train_step(grad_fn, tx, replicas, grad_accum, partitioner,
+                                   state_shardings)
 
     def step_fn(params, opt_state, batch, step, key):
         key = jax.random.fold_in(key, step)
@@ -157,7 +121,7 @@ def init_state(model: nnx.Module, cfg: TrainConfig, partitioner=None):
     """
     partitioner = partitioner or make_partitioner(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_model)
     graphdef, params = nnx.split(model)
-    tx = make_optimizer(cfg)
+    tx = make_optimizer(cfg, num_replicas(cfg, partitioner) or None)
     shardings = partitioner.state_shardings(params, jax.eval_shape(tx.init, params))
     if shardings[0] is None:
         return graphdef, params, tx.init(params), tx, partitioner, shardings
@@ -216,7 +180,15 @@ _RUN_HASH_TRAIN_KEYS = frozenset({"prefixmem_init", "freeze_decoder_steps"})
 def train_config_changes(saved: TrainConfig, given: TrainConfig) -> dict[str, tuple]:
     """``{"train.<key>": (saved value, given value)}`` of the settings that shape a run's updates
     (all but :data:`RESUME_FREE_TRAIN_KEYS` and the run-hash ones; ``steps`` included) where
-    ``given`` differs from ``saved``."""
+    ``given`` differs from ``saved``. Another ``train.optimizer`` raises a ``ValueError``: its
+    optimizer state has another structure, so no checkpoint of the run could be restored.
+    (Keys added later read back at their defaults from an older ``config.json``, so a new key
+    left at its default changes nothing.)"""
+    if saved.optimizer != given.optimizer:
+        raise ValueError(
+            f"train.optimizer: {saved.optimizer!r} in config.json, {given.optimizer!r} given; a "
+            "run cannot switch optimizer (its optimizer state differs): resume with "
+            f"train.optimizer={saved.optimizer} or use a new --workdir")
     changes = {}
     for field in dataclasses.fields(TrainConfig):
         key = field.name
@@ -278,6 +250,12 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, 
         raise ValueError(f"train.batch_size={cfg.batch_size} is not a multiple of "
                          f"train.grad_accum={cfg.grad_accum}")
     check_validation_config(cfg)
+    partitioner = partitioner or make_partitioner(cfg.mesh_data, cfg.mesh_fsdp, cfg.mesh_model)
+    replicas = num_replicas(cfg, partitioner)
+    if replicas and cfg.batch_size % (replicas * cfg.grad_accum):
+        raise ValueError(f"train.batch_size={cfg.batch_size} is not a multiple of AdaScale's "
+                         f"S={replicas} (train.adascale_replicas) x train.grad_accum="
+                         f"{cfg.grad_accum}")
     validate = evaluate if cfg.eval_every > 0 else None
     say = log or (lambda _msg: None)
     main_process = jax.process_index() == 0
@@ -294,10 +272,17 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, 
         params, opt_state = restored.items["params"], restored.items["opt_state"]
         tracker_state = restored.meta.get("validation")
     tracker = BestTracker.restore(cfg, tracker_state)
+    if replicas and restored is not None:
+        try:
+            check_resumed_replicas(cfg, replicas, opt_state, start, say)
+        except ValueError:
+            manager.close()
+            raise
+    budget = AdaScaleBudget(cfg, replicas, start) if replicas else None
     step_fn = make_train_step(graphdef, tx, vocab, dropout=True, partitioner=partitioner,
                               state_shardings=shardings, grad_accum=cfg.grad_accum,
                               compute_dtype=cfg.compute_dtype, loss_fn=loss_fn,
-                              label_smoothing=cfg.label_smoothing)
+                              label_smoothing=cfg.label_smoothing, replicas=replicas)
     key = jax.random.key(cfg.seed, impl="unsafe_rbg")  # cheap dropout bits on CPU
     writer = MetricsWriter(workdir, tensorboard=cfg.tensorboard, resume_step=start)
     end = cfg.steps
@@ -305,12 +290,15 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, 
         say(f"early stopping already happened at step {start} ({cfg.patience} validations "
             f"without improving {tracker.metric} since step {tracker.best_step}); nothing to do")
         end = start
-    elif start >= cfg.steps:
+    elif start >= cfg.steps or (budget is not None and budget.reached(start, opt_state)):
         if main_process:
-            say(f"{workdir} already trained to step {start}; nothing to do")
+            say(f"{workdir} already trained to step {start}" + (
+                f" (AdaScale progress tau {budget.tau:.1f} of {cfg.steps})" if budget else "")
+                + "; nothing to do")
         end = start
     elif start > 0 and main_process:
-        say(f"resuming {workdir} from step {start} (of {cfg.steps})")
+        say(f"resuming {workdir} from step {start} (of {cfg.steps})" + (
+            f", AdaScale progress tau {budget.tau:.1f}" if budget else ""))
     if writer.dropped:
         say(f"{writer.path}: dropped {writer.dropped} row(s) after step {start}, logged before "
             "the run stopped and not checkpointed; those steps are trained and logged again")
@@ -337,24 +325,29 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, 
                 params, opt_state, metrics = step_fn(params, opt_state, batch, step, key)
                 window_steps += 1
                 done = step + 1
-                validating = validate is not None and is_eval_step(cfg, done)
-                logged = done % cfg.log_every == 0 or done == cfg.steps or validating
+                # AdaScale: the run ends when its progress tau reaches train.steps (1x steps)
+                finished = done == cfg.steps or (budget is not None and budget.reached(
+                    done, opt_state))
+                validating = validate is not None and (is_eval_step(cfg, done) or finished)
+                logged = done % cfg.log_every == 0 or finished or validating
                 if progress is not None:
                     progress(done, metrics if logged else None)
                 preempt = stop.is_set()
                 if several_processes:  # all stop at one agreed boundary (signals.any_process)
-                    agree = done % cfg.log_every == 0 or done == end
+                    agree = done % cfg.log_every == 0 or done == end or finished
                     preempt = agree and any_process(preempt)
-                save = done % cfg.checkpoint_every == 0 or done == cfg.steps or preempt or \
-                    validating
+                save = done % cfg.checkpoint_every == 0 or finished or preempt or validating
                 if not (save or logged):
                     continue
                 metrics = {k: float(v) for k, v in metrics.items()}
                 _check_finite(metrics, done)
                 if logged:
                     step_time = (time.perf_counter() - window_start) / window_steps
-                    metrics.update(step=done, learning_rate=float(schedule(step)),
-                                   step_time_s=step_time, steps_per_s=1.0 / step_time,
+                    # AdaScale's step reports its own rate (the schedule at floor(tau))
+                    rate = float(schedule(step)) if budget is None else metrics.pop(
+                        "learning_rate")
+                    metrics.update(step=done, learning_rate=rate, step_time_s=step_time,
+                                   steps_per_s=1.0 / step_time,
                                    examples_per_s=cfg.batch_size / step_time,
                                    tokens_per_s=tokens_per_step / step_time)
                     if cfg.peak_flops > 0:
@@ -369,7 +362,10 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, 
                 if logged:
                     writer.write(metrics)
                     if main_process and progress is None:
-                        say(f"step {done}/{cfg.steps} loss {metrics['loss']:.4f} "
+                        where = f"step {done}/{cfg.steps}" if budget is None else (
+                            f"step {done} tau {metrics['adascale/tau']:.1f}/{cfg.steps} gain "
+                            f"{metrics['adascale/gain']:.2f}")
+                        say(f"{where} loss {metrics['loss']:.4f} "
                             f"lr {metrics['learning_rate']:.2e} "
                             f"{metrics['tokens_per_s']:,.0f} tok/s")
                     window_start, window_steps = time.perf_counter(), 0
@@ -385,6 +381,8 @@ def train(model: nnx.Module, dataset, vocab: SIDVocab | None, cfg: TrainConfig, 
                 if preempt:
                     manager.wait_until_finished()
                     raise stop.stopped(done)
+                if finished:
+                    break
         if summary is not None:
             summary.update(start=start, end=done)
     finally:

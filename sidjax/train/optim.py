@@ -1,4 +1,5 @@
-"""The optimizer recipe: learning-rate schedules, parameter groups and the AdamW chain.
+"""The optimizer recipe: learning-rate schedules, parameter groups and the AdamW chain (or, with
+``train.optimizer="adascale"``, AdaScale SGD over the same groups: :func:`make_adascale_optimizer`).
 
 Groups come from the metadata each ``nnx.Param`` carries (:mod:`sidjax.parallel.axes`), not
 from parameter names: ``group="table"`` marks a memory table (no weight decay, its own learning
@@ -13,6 +14,7 @@ import optax
 
 from sidjax.config import TrainConfig
 from sidjax.parallel import axes
+from sidjax.train import adascale
 
 
 def decay_mask(params) -> object:
@@ -64,8 +66,13 @@ def make_schedule(cfg: TrainConfig) -> optax.Schedule:
     raise ValueError(f"train.schedule must be 'cosine' or 'rsqrt', got {cfg.schedule!r}")
 
 
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """Global-norm clipping, then AdamW per parameter group (:func:`param_labels`): matrices with
+def make_optimizer(cfg: TrainConfig, num_replicas: int | None = None
+                   ) -> optax.GradientTransformation:
+    """The optimizer of ``cfg.optimizer``: AdamW (below) or, for ``"adascale"``,
+    :func:`make_adascale_optimizer` with ``num_replicas`` replicas (default:
+    :func:`adascale_replicas` without a data axis).
+
+    AdamW: global-norm clipping, then AdamW per parameter group (:func:`param_labels`): matrices with
     weight decay, vectors without, PrefixMem tables without and at ``prefixmem_lr_mult`` x LR.
 
     With ``freeze_decoder_steps = N > 0`` the first N updates change only PrefixMem's projections
@@ -75,6 +82,11 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     rate continues the global schedule from step N. The step stays one jitted function and the
     counter is checkpointed with the rest of the optimizer state, so resumes stay exact.
     """
+    if cfg.optimizer == "adascale":
+        return make_adascale_optimizer(
+            cfg, adascale_replicas(cfg) if num_replicas is None else num_replicas)
+    if cfg.optimizer != "adamw":
+        raise ValueError(f"train.optimizer must be 'adamw' or 'adascale', got {cfg.optimizer!r}")
     schedule = make_schedule(cfg)
     freeze = cfg.freeze_decoder_steps
     if freeze < 0:
@@ -105,3 +117,51 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
         optax.clip_by_global_norm(cfg.grad_clip),
         optax.multi_transform(groups, lambda params: param_labels(params, freeze > 0)),
     )
+
+
+def adascale_replicas(cfg: TrainConfig, data_axis: int = 1) -> int:
+    """AdaScale's ``S``: ``train.adascale_replicas``, or (0) the size ``data_axis`` of the mesh's
+    data axis when it is > 1. The batch of a step holds ``S`` 1x batches of
+    ``batch_size / S`` rows each."""
+    if cfg.adascale_replicas > 0:
+        return cfg.adascale_replicas
+    if cfg.adascale_replicas == 0 and data_axis > 1:
+        return data_axis
+    raise ValueError(
+        f"train.adascale_replicas={cfg.adascale_replicas}: 0 takes S from the mesh's data axis, "
+        f"which has {data_axis} device(s) here; set train.adascale_replicas=S >= 1")
+
+
+def make_adascale_optimizer(cfg: TrainConfig, num_replicas: int) -> optax.GradientTransformation:
+    """AdaScale SGD (:func:`sidjax.train.adascale.with_adascale`) over the AdamW recipe's groups.
+
+    The update takes per-replica gradients (leading axis ``num_replicas``) and is
+    ``-gain * lr(floor(tau)) * d`` where ``lr`` is :func:`make_schedule` (the 1x schedule, over
+    ``train.steps`` of progress ``tau``) and ``d`` is, from the replica-mean gradient: global-norm
+    clipping at ``grad_clip``, then per group (:func:`param_labels`) heavy-ball momentum
+    ``train.adascale_momentum`` and decoupled weight decay ``weight_decay`` on matrices only (as
+    AdamW's), tables at ``prefixmem_lr_mult`` x the rate. What differs from AdamW: SGD instead of
+    Adam (Adam divides by the gradient's scale, which would undo the gain, and AdaScale's
+    argument is SGD's), so ``train.learning_rate`` needs an SGD value; the gain and progress
+    come from gradients before clipping; ``train.freeze_decoder_steps`` is not supported.
+    """
+    if cfg.freeze_decoder_steps:
+        raise ValueError(f"train.freeze_decoder_steps={cfg.freeze_decoder_steps}: not supported "
+                         "with train.optimizer=adascale (set it to 0)")
+    momentum = cfg.adascale_momentum
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"train.adascale_momentum={momentum} must be in [0, 1)")
+
+    def direction(weight_decay: float, mult: float) -> optax.GradientTransformation:
+        parts = [optax.trace(momentum)] if momentum else []
+        if weight_decay:
+            parts.append(optax.add_decayed_weights(weight_decay))
+        if mult != 1.0:
+            parts.append(optax.scale(mult))
+        return optax.chain(*parts) if parts else optax.identity()
+
+    groups = {"decay": direction(cfg.weight_decay, 1.0), "no_decay": direction(0.0, 1.0),
+              "table": direction(0.0, cfg.prefixmem_lr_mult)}
+    inner = optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                        optax.multi_transform(groups, param_labels))
+    return adascale.with_adascale(inner, make_schedule(cfg), num_replicas)
