@@ -97,7 +97,8 @@ def parameter_fingerprint(model) -> tuple[str, dict[str, list[float]]]:
 
 def test_the_tiny_run_reproduces_the_values_recorded_before_the_layout_refactor(tiny_run):
     """Fixed seed, fixed preset: the metrics and trained parameters equal those recorded on main
-    before the layout refactor (commit 69b6756, by the same run and :func:`parameter_fingerprint`).
+    before the layout refactor (commit 69b6756, by the same run and :func:`parameter_fingerprint`;
+    ``tests/fixtures/record_run_fingerprint.py`` records it).
     On the recording machine the parameters are bit-identical (same sha256); another CPU may
     round differently, so then the test allows float noise, far below what a changed init, RNG
     stream, data order or loss moves."""
